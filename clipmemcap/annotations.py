@@ -1,0 +1,167 @@
+"""ActivityNet Captions annotations: fetch ``captions.zip``, parse, normalise, validate.
+
+Every segment or video that is dropped is returned as a :class:`Failure` with its reason; nothing
+is dropped silently. Segments are sorted by start, so a segment's ``index`` is its position in the
+sorted list of the video's valid segments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from clipmemcap.atomic import atomic_path
+from clipmemcap.failures import Failure
+from clipmemcap.grid import grid_range
+
+ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
+VIDEO_ID = re.compile(r"^v_[A-Za-z0-9_-]{11}$")
+STAGE = "annotations"
+
+
+class AnnotationError(ValueError):
+    """The annotation source itself is unusable (bad zip, malformed JSON, missing file)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: float
+    end: float  # clamped to the video's duration
+    caption: str
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    duration: float
+    segments: tuple[Segment, ...]
+
+    @property
+    def youtube_id(self) -> str:
+        return self.video_id[2:]
+
+
+@dataclass
+class AnnotationFile:
+    name: str
+    videos: dict[str, Video] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    raw_segments: int = 0
+
+
+def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` unless a valid zip is already there."""
+    if dest.exists() and zipfile.is_zipfile(dest):
+        return dest
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        if not zipfile.is_zipfile(tmp):
+            raise AnnotationError(f"{url} did not return a zip file")
+    return dest
+
+
+def read_zip(path: Path) -> dict[str, bytes]:
+    """The three annotation files from the zip, found by base name (the zip may nest them)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise AnnotationError(f"{path}: not a valid zip file ({err})") from err
+    with archive:
+        members = {PurePosixPath(n).name: n for n in archive.namelist() if not n.endswith("/")}
+        missing = [name for name in ANNOTATION_FILES if name not in members]
+        if missing:
+            raise AnnotationError(f"{path}: missing {', '.join(missing)}")
+        return {name: archive.read(members[name]) for name in ANNOTATION_FILES}
+
+
+def parse_json(name: str, payload: bytes | str) -> dict:
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(
+            f"{name}: malformed JSON at line {err.lineno} column {err.colno} "
+            f"(char {err.pos}): {err.msg}"
+        ) from err
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{name}: expected an object of videos, got {type(data).__name__}")
+    return data
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
+    """Validate one parsed file; see the module docstring for the rules."""
+    result = AnnotationFile(name)
+    for video_id, entry in data.items():
+        reject = lambda reason, vid=video_id: result.failures.append(  # noqa: E731
+            Failure(str(vid), STAGE, f"{name}: {reason}")
+        )
+        if not VIDEO_ID.match(str(video_id)):
+            reject("video id does not match ^v_[A-Za-z0-9_-]{11}$")
+            continue
+        try:
+            duration = _number(entry["duration"])
+            timestamps, sentences = entry["timestamps"], entry["sentences"]
+            if len(timestamps) != len(sentences):
+                raise ValueError(f"{len(timestamps)} timestamps but {len(sentences)} sentences")
+            pairs = [(_number(s), _number(e), str(text)) for (s, e), text in zip(timestamps, sentences)]
+        except (KeyError, TypeError, ValueError) as err:
+            reject(f"malformed entry ({type(err).__name__}: {err})")
+            continue
+        if duration <= 0:
+            reject(f"duration {duration} is not positive")
+            continue
+        result.raw_segments += len(pairs)
+        kept = []
+        for raw_index, (start, end, text) in enumerate(pairs):
+            where = f"segment {raw_index} [{start}, {end}]"
+            caption = text.strip()
+            end = min(end, duration)
+            if start < 0:
+                reject(f"{where}: negative start")
+            elif start >= duration:
+                reject(f"{where}: start is at or after the duration {duration}")
+            elif end <= start:
+                reject(f"{where}: end <= start after clamping to the duration {duration}")
+            elif not caption:
+                reject(f"{where}: empty sentence")
+            elif len(grid_range(start, end, fps)) == 0:
+                reject(f"{where}: no frame of the {fps:g} fps grid lies inside")
+            else:
+                kept.append((start, end, caption))
+        kept.sort(key=lambda item: (item[0], item[1]))
+        if not kept:
+            reject("no valid segment left")
+            continue
+        segments = tuple(Segment(i, s, e, c) for i, (s, e, c) in enumerate(kept))
+        result.videos[video_id] = Video(video_id, duration, segments)
+    return result
+
+
+def load_annotations(zip_path: Path, fps: float) -> dict[str, AnnotationFile]:
+    """Parse and normalise all three files. A video listed in both train and val_1 (which would
+    leak test data into training) is removed from both and recorded."""
+    files = {
+        name: normalise_file(name, parse_json(name, payload), fps)
+        for name, payload in read_zip(zip_path).items()
+    }
+    train, test = files["train.json"], files["val_1.json"]
+    for video_id in sorted(train.videos.keys() & test.videos.keys()):
+        for afile in (train, test):
+            del afile.videos[video_id]
+            afile.failures.append(
+                Failure(video_id, STAGE, f"{afile.name}: listed in both train.json and val_1.json")
+            )
+    return files

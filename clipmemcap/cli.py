@@ -1,0 +1,70 @@
+"""``clipmemcap`` command line: one subcommand per user-facing job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _config(args):
+    from clipmemcap.config import load_config
+
+    return load_config(args.params, args.overrides)
+
+
+def cmd_config(args) -> None:
+    print(json.dumps(_config(args).model_dump(mode="json"), indent=2))
+
+
+def cmd_synth(args) -> None:
+    from clipmemcap.synthetic import make_source
+
+    source = make_source(Path(args.out), n_train=args.train, n_test=args.test, min_duration=args.min_duration,
+                         max_duration=args.max_duration, seed=args.seed)
+    print(f"wrote {args.train + args.test} videos to {source.videos_dir} and annotations to {source.zip_path}")
+
+
+def cmd_ingest(args) -> None:
+    from flows.activitynet import activitynet_ingest
+
+    manifest = activitynet_ingest(params=args.params, overrides=args.overrides)
+    print(json.dumps(manifest["counts"], indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipmemcap", description="ClipCap + Memorizing-Transformer video captioning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_settings(p):
+        p.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one setting, e.g. activitynet.subset.train_videos=20 (repeatable)")
+        return p
+
+    with_settings(sub.add_parser("config", help="print the resolved settings")).set_defaults(func=cmd_config)
+    with_settings(sub.add_parser("ingest", help="run the ActivityNet data flow (same as python -m flows.activitynet)")
+                  ).set_defaults(func=cmd_ingest)
+
+    synth = sub.add_parser("synth", help="write a synthetic ActivityNet-format source (mp4 videos + captions.zip)")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--train", type=int, default=8, help="videos in train.json")
+    synth.add_argument("--test", type=int, default=4, help="videos in val_1.json (and val_2.json)")
+    synth.add_argument("--min-duration", type=float, default=4.0, help="seconds")
+    synth.add_argument("--max-duration", type=float, default=12.0, help="seconds")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"clipmemcap {args.command}: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""CLIP image tower from open_clip, fed with frames that ffmpeg already resized and cropped.
+
+``model`` is an open_clip model name, or a path to a model-config JSON (open_clip's format, its
+file stem becomes the name). ``pretrained`` is an open_clip tag (``openai``), a local checkpoint
+path, or None for random weights. Configs shipped in ``clipmemcap/clip_configs`` (the tiny test
+model) are registered on import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from clipmemcap.config import ClipConfig
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model_name(model: str) -> str:
+    path = Path(model)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP model config {model} does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model {model!r}; known: {', '.join(open_clip.list_models()[:8])}, ...")
+    return model
+
+
+class ClipEncoder:
+    """Batched, inference-mode CLIP image embeddings of uint8 RGB frames [n, size, size, 3]."""
+
+    def __init__(self, cfg: ClipConfig):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.batch_size = cfg.batch_size
+        name = _model_name(cfg.model)
+        pretrained = cfg.pretrained
+        if pretrained and Path(pretrained).suffix and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained, device=self.device)
+        except RuntimeError as err:
+            raise RuntimeError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {err}") from err
+        self.model = model.eval()
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        size = preprocess["size"]
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.embed_dim = model.visual.output_dim
+        # [1, 3, 1, 1] so they broadcast over [batch, channels, height, width]
+        self.mean = torch.tensor(preprocess["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess["std"], device=self.device).view(1, 3, 1, 1)
+        self.name, self.pretrained = name, pretrained
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """[n, H, W, 3] uint8 -> [n, D] float32 (unnormalised, as ClipCap uses them)."""
+        out = []
+        for i in range(0, len(frames), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[i : i + self.batch_size]))
+            x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            x = (x - self.mean) / self.std  # [b, 3, H, W]
+            out.append(self.model.encode_image(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)

@@ -1,0 +1,98 @@
+"""Typed settings loaded from ``params.yaml``.
+
+Every flow, DVC stage and CLI command reads its settings through :func:`load_config`; nothing
+reads ``params.yaml`` directly. A run can override any setting with dotted ``key=value`` pairs
+(``activitynet.subset.train_videos=5``), the same spelling ``dvc exp run -S`` uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    # A misspelt key in params.yaml or an override must fail, not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Strict):
+    root: Path = Path("storage")
+    lock_timeout_s: float = Field(3600.0, description="how long a run waits for another run's lock")
+
+
+class SubsetConfig(Strict):
+    train_videos: int = Field(300, ge=0)
+    test_videos: int = Field(100, ge=0)
+    val_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class DownloadConfig(Strict):
+    # Capped at 480p: CLIP sees 224x224, so more pixels only cost bandwidth and decode time.
+    format: str = "bv*[height<=?480]/b[height<=?480]/bv*/b"
+    retries: int = Field(3, ge=0, description="extra attempts after a transient failure")
+    retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
+    socket_timeout_s: float = Field(30.0, gt=0.0)
+    rate_limit: str | None = Field(None, description="e.g. '2M' bytes/s, passed to yt-dlp")
+    cookies_file: Path | None = None
+    concurrency: int = Field(4, ge=1)
+
+
+class ActivityNetConfig(Strict):
+    annotations_url: str = "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip"
+    video_url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
+    fps: float = Field(5.0, gt=0.0)
+    keep_videos: bool = True
+    subset: SubsetConfig = SubsetConfig()
+    download: DownloadConfig = DownloadConfig()
+
+
+class ClipConfig(Strict):
+    model: str = Field("ViT-B-32", description="open_clip model name or path to a model-config JSON")
+    pretrained: str | None = Field("openai", description="open_clip tag, local checkpoint, or null")
+    batch_size: int = Field(64, ge=1)
+    device: str = Field("auto", description="'auto' picks cuda when available")
+    embedding_dtype: str = Field("float16", pattern="^(float16|float32)$")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's")
+
+
+class Config(Strict):
+    storage: StorageConfig = StorageConfig()
+    activitynet: ActivityNetConfig = ActivityNetConfig()
+    clip: ClipConfig = ClipConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} is not of the form key.path=value")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (None = all defaults), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"settings file {path} does not exist")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    return Config.model_validate(apply_overrides(data, list(overrides)))

@@ -1,0 +1,148 @@
+"""ActivityNet Captions ingest: captions.zip -> yt-dlp -> 5 fps frames -> CLIP -> Parquet shards.
+
+    python -m flows.activitynet [--params params.yaml] [--set activitynet.subset.train_videos=20 ...]
+
+The work lives in ``clipmemcap``; this flow says what runs in what order, how many downloads run
+at once, and which failures are retried. Re-running resumes: finished videos are skipped, failed
+ones are tried again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from clipmemcap.annotations import Video, download_annotations, load_annotations
+from clipmemcap.clip_encoder import ClipEncoder
+from clipmemcap.config import Config, DownloadConfig, load_config
+from clipmemcap.download import PermanentDownloadError, fetch_video
+from clipmemcap.failures import Failure
+from clipmemcap.ingest import (
+    DatasetPaths, Embedded, VideoJob, embed_videos, encoder_settings, prepare_frames_dir,
+    write_dataset_tables,
+)
+from clipmemcap.selection import Stream, plan_streams
+from clipmemcap.shards import frame_shard_path, write_frame_shard
+
+
+def dataset_paths(cfg: Config) -> DatasetPaths:
+    return DatasetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.root / "cache" / "activitynet")
+
+
+@task(cache_policy=NO_CACHE)
+def fetch_annotations(url: str, dest: Path) -> Path:
+    return download_annotations(url, dest)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="download-{video.video_id}")
+def download(video: Video, url: str, videos_dir: Path, cfg: DownloadConfig) -> VideoJob | Failure:
+    """Permanent failures are returned as records; transient ones raise so Prefect retries them."""
+    try:
+        return VideoJob(video, fetch_video(video.video_id, url, videos_dir, cfg))
+    except PermanentDownloadError as err:
+        return Failure(video.video_id, "download", str(err))
+
+
+def _outcomes(futures: list, videos: list[Video]) -> Iterator[VideoJob | Failure]:
+    """Download outcomes in candidate order, as each becomes available."""
+    for future, video in zip(futures, videos):
+        try:
+            yield future.result()
+        except Exception as err:  # transient error that outlived its retries: record it
+            yield Failure(video.video_id, "download", f"{err} (gave up after retries)")
+
+
+@flow(name="activitynet-ingest")
+def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """Ingest the configured ActivityNet Captions subset; returns the manifest."""
+    cfg = load_config(params, overrides or [])
+    logger = get_run_logger()
+    net, paths = cfg.activitynet, dataset_paths(cfg)
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
+        zip_path = fetch_annotations(net.annotations_url, paths.cache / "captions.zip")
+        files = load_annotations(zip_path, net.fps)
+        failures = [f for afile in files.values() for f in afile.failures]
+        for afile in files.values():
+            logger.info("%s: %d videos, %d of %d segments valid, %d rejections", afile.name,
+                        len(afile.videos), sum(len(v.segments) for v in afile.videos.values()),
+                        afile.raw_segments, len(afile.failures))
+
+        encoder = ClipEncoder(cfg.clip)
+        dtype = cfg.clip.embedding_dtype
+        prepare_frames_dir(paths, encoder_settings(encoder, net.fps, dtype))
+        retrying = download.with_options(
+            retries=net.download.retries,
+            retry_delay_seconds=[net.download.retry_delay_s * 2**i for i in range(net.download.retries)],
+        )
+        streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
+        with ThreadPoolTaskRunner(max_workers=net.download.concurrency) as runner:
+            for stream in streams:
+                failures += _fill(stream, runner, retrying, encoder, paths, cfg, logger)
+
+        chosen = {split: videos for stream in streams for split, videos in stream.chosen.items()}
+        shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
+        if shortfall:
+            logger.warning("candidates ran out; videos missing per split: %s", shortfall)
+        manifest = write_dataset_tables(paths, chosen, failures, net.fps, {
+            "dataset": "activitynet-captions",
+            "annotations_url": net.annotations_url,
+            "clip": encoder_settings(encoder, net.fps, dtype),
+            "fps": net.fps,
+            "subset": {**net.subset.model_dump(), "shortfall": shortfall},
+        })
+    logger.info("done: %s", manifest["counts"])
+    return manifest
+
+
+def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: ClipEncoder,
+          paths: DatasetPaths, cfg: Config, logger: logging.Logger) -> list[Failure]:
+    """Process candidates in waves until the stream's splits are full or candidates run out."""
+    net, failures = cfg.activitynet, []
+    progress = tqdm(total=stream.missing(), desc="/".join(stream.quotas), unit="video")
+    while stream.missing() and not stream.exhausted():
+        wave = stream.next_wave()
+        done = [v for v in wave if frame_shard_path(paths.frames, v.video_id).exists()]
+        todo = [v for v in wave if v not in done]
+        futures = [runner.submit(download_task, {
+            "video": v, "url": net.video_url_template.format(youtube_id=v.youtube_id),
+            "videos_dir": paths.videos, "cfg": net.download}) for v in todo]
+        outcomes = {v.video_id: v for v in done}
+        for result in embed_videos(_outcomes(futures, todo), encoder, net.fps):
+            if isinstance(result, Embedded):
+                write_frame_shard(frame_shard_path(paths.frames, result.video_id), result.video_id,
+                                  result.times, result.embeddings, cfg.clip.embedding_dtype)
+                outcomes[result.video_id] = result
+                if not net.keep_videos:
+                    for path in paths.videos.glob(f"{result.video_id}.*"):
+                        path.unlink()
+            else:
+                logger.warning("%s failed at %s: %s", result.video_id, result.stage, result.reason)
+                failures.append(result)
+        for video in wave:  # accept in candidate order, whatever order work finished in
+            if video.video_id in outcomes:
+                stream.accept(video)
+                progress.update()
+    progress.close()
+    return failures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting for this run, e.g. clip.batch_size=32 (repeatable)")
+    args = parser.parse_args(argv)
+    activitynet_ingest(params=args.params, overrides=args.overrides)
+
+
+if __name__ == "__main__":
+    main()

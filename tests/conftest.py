@@ -1,0 +1,139 @@
+"""Shared fixtures: an offline environment, a real Prefect server, an HTTP video server on
+127.0.0.1 with scripted faults, and small synthetic sources."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Prefect reads its settings when first imported, so the API address is fixed here, before any
+# test imports it; the server itself starts in the `prefect_server` fixture.
+PREFECT_PORT = free_port()
+PREFECT_HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", f"/tmp/clipmemcap-prefect-{os.getpid()}"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_HOME": str(PREFECT_HOME),
+    "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+})
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+TINY_CLIP = ["clip.model=TinyViT", "clip.pretrained=null", "clip.device=cpu", "clip.batch_size=16"]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (SQLite under a temporary PREFECT_HOME) on 127.0.0.1."""
+    PREFECT_HOME.mkdir(parents=True, exist_ok=True)
+    log = open(PREFECT_HOME / "server.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+         "--port", str(PREFECT_PORT), "--no-ui"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"Prefect server did not start: {(PREFECT_HOME / 'server.log').read_text()}")
+            time.sleep(0.5)
+    yield os.environ["PREFECT_API_URL"]
+    process.terminate()
+    process.wait(timeout=30)
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+
+
+class FaultyServer:
+    """Static files on 127.0.0.1 plus scripted misbehaviour per URL path:
+    ``status`` (always that HTTP status), ``fail_first`` (N requests answered 500, then the file),
+    ``stall`` (accept and never answer). ``hits`` counts requests per path."""
+
+    def __init__(self, root: Path):
+        self.root, self.status, self.fail_first, self.stall = root, {}, {}, set()
+        self.hits: Counter = Counter()
+        self.closing = threading.Event()
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(server.root), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def guess_type(self, path):
+                return "video/mp4" if str(path).endswith(".mp4") else super().guess_type(path)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                server.hits[path] += 1
+                if path in server.stall:
+                    server.closing.wait(60)
+                    return
+                if path in server.status:
+                    return self.send_error(server.status[path])
+                if server.fail_first.get(path, 0) >= server.hits[path]:
+                    return self.send_error(500)
+                return super().do_GET()
+
+            do_HEAD = do_GET
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = FaultyServer(root)
+    yield server
+    server.close()
+
+
+def ingest_overrides(server_url: str, storage: Path, train: int, test: int, val_fraction: float = 0.0) -> list[str]:
+    """Settings that point the ActivityNet flow at a FaultyServer, with the tiny CLIP config."""
+    return TINY_CLIP + [
+        f"storage.root={storage}",
+        f"activitynet.annotations_url={server_url}/captions.zip",
+        f"activitynet.video_url_template={server_url}/videos/v_{{youtube_id}}.mp4",
+        f"activitynet.subset.train_videos={train}",
+        f"activitynet.subset.test_videos={test}",
+        f"activitynet.subset.val_fraction={val_fraction}",
+        "activitynet.download.retries=1",
+        "activitynet.download.retry_delay_s=0.2",
+        "activitynet.download.socket_timeout_s=2",
+        "activitynet.download.concurrency=3",
+    ]
