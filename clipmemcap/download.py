@@ -45,8 +45,8 @@ def probe_video(path: Path) -> float:
     try:
         info = ffmpeg.probe(str(path))
     except ffmpeg.Error as err:
-        message = err.stderr.decode(errors="replace").strip().splitlines()
-        raise PermanentDownloadError(f"unreadable by ffprobe: {message[-1] if message else err}")
+        lines = err.stderr.decode(errors="replace").replace(str(path), path.name).strip().splitlines()
+        raise PermanentDownloadError(f"unreadable by ffprobe: {lines[-1] if lines else err}")
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not streams:
         raise PermanentDownloadError("no video stream (audio-only or not a video)")
@@ -113,6 +113,8 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
                 ydl.download([url])
         except yt_dlp.utils.DownloadError as err:
             message = re.sub(r"^ERROR:\s*", "", str(err)).strip()
+            if "Did not get any data blocks" in message:
+                message = f"the server sent an empty file (0 bytes): {message}"
             kind = TransientDownloadError if TRANSIENT.search(message) else PermanentDownloadError
             raise kind(message) from None
         files = [p for p in partial.iterdir() if p.is_file() and not p.name.endswith(".part")]

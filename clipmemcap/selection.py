@@ -31,6 +31,10 @@ class Stream:
     position: int = 0
     chosen: dict[str, list[Video]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        for split in self.quotas:  # every split gets a table, even an empty one
+            self.chosen.setdefault(split, [])
+
     def missing(self) -> int:
         return sum(self.quotas.values()) - sum(len(v) for v in self.chosen.values())
 
@@ -43,7 +47,7 @@ class Stream:
 
     def accept(self, video: Video) -> str:
         for split, quota in self.quotas.items():
-            members = self.chosen.setdefault(split, [])
+            members = self.chosen[split]
             if len(members) < quota:
                 members.append(video)
                 return split
@@ -53,7 +57,7 @@ class Stream:
         return self.position >= len(self.candidates)
 
     def shortfall(self) -> dict[str, int]:
-        return {s: q - len(self.chosen.get(s, [])) for s, q in self.quotas.items() if q > len(self.chosen.get(s, []))}
+        return {s: q - len(self.chosen[s]) for s, q in self.quotas.items() if q > len(self.chosen[s])}
 
 
 def plan_streams(train: dict[str, Video], test: dict[str, Video], cfg: SubsetConfig) -> list[Stream]:
