@@ -53,6 +53,11 @@ class ActivityNetConfig(Strict):
     download: DownloadConfig = DownloadConfig()
 
 
+class DecodeConfig(Strict):
+    workers: int = Field(2, ge=1, description="videos decoded at once, each by one ffmpeg")
+    ffmpeg_threads: int = Field(1, ge=0, description="decoder threads per ffmpeg; 0 = ffmpeg's choice")
+
+
 class ClipConfig(Strict):
     model: str = Field("ViT-B-32", description="open_clip model name or path to a model-config JSON")
     pretrained: str | None = Field("openai", description="open_clip tag, local checkpoint, or null")
@@ -65,6 +70,7 @@ class ClipConfig(Strict):
 class Config(Strict):
     storage: StorageConfig = StorageConfig()
     activitynet: ActivityNetConfig = ActivityNetConfig()
+    decode: DecodeConfig = DecodeConfig()
     clip: ClipConfig = ClipConfig()
 
 

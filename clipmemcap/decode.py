@@ -41,14 +41,14 @@ def _read_frames(stream, out: np.ndarray) -> int:
 
 
 def decode_range(
-    path: Path, frames: range, fps: float, size: int, block: int = 64
+    path: Path, frames: range, fps: float, size: int, block: int = 64, threads: int = 1
 ) -> Iterator[np.ndarray]:
     """Yield uint8 arrays [n <= block, size, size, 3] covering grid frames ``frames`` in order.
     Raises DecodeError if ffmpeg fails or the video ends before the last requested frame."""
     start = frames.start / fps
     lead = 1 if frames.start > 0 else 0
     process = (
-        ffmpeg.input(str(path), ss=f"{(frames.start - lead) / fps:.6f}")
+        ffmpeg.input(str(path), ss=f"{(frames.start - lead) / fps:.6f}", threads=threads)
         .filter("fps", fps=fps, round="up")
         .filter("scale", size, size, force_original_aspect_ratio="increase", flags="bicubic")
         .filter("crop", size, size)

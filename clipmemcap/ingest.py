@@ -1,8 +1,8 @@
 """Turn downloaded videos into frame-embedding shards, and finish a dataset's tables.
 
-:func:`embed_videos` decodes on a background thread while the main thread runs CLIP, so decoding
-the next video overlaps embedding of the current one, and frames stream through in blocks: a
-video's memory cost is one block, however long it is.
+:func:`embed_videos` decodes on background threads while the calling thread runs CLIP, so
+decoding the next videos overlaps embedding of the current one, and frames stream through in
+blocks: a video's memory cost is a few blocks, however long it is.
 """
 
 from __future__ import annotations
@@ -82,61 +82,98 @@ class Embedded:
     embeddings: np.ndarray  # [n, D] float32
 
 
-def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: float,
-                 prefetch_blocks: int = 4) -> Iterator[Embedded | Failure]:
-    """For each job, in order: its grid frames' embeddings, or a Failure. Failures passed in are
-    passed through in place, so callers can keep one ordered stream of outcomes."""
-    blocks: queue.Queue = queue.Queue(maxsize=prefetch_blocks)
-    stop = threading.Event()
+class _Pipe:
+    """A bounded hand-over between threads that gives up once ``stop`` is set, so no producer
+    blocks forever after the consumer has gone."""
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    def __init__(self, stop: threading.Event, size: int = 0):
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.stop = stop
+
+    def put(self, item) -> bool:
+        while not self.stop.is_set():
             try:
-                blocks.put(item, timeout=0.1)
+                self.queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def decode_all() -> None:
-        try:
-            for job in jobs:
-                if isinstance(job, Failure):
-                    put(job)
-                    continue
-                try:
-                    for frames in video_ranges(job.video, fps):
-                        for block in decode_range(job.path, frames, fps, encoder.image_size, encoder.batch_size):
-                            if not put((job.video.video_id, block)):
-                                return
-                    put(job)
-                except DecodeError as err:
-                    put(Failure(job.video.video_id, "decode", str(err)))
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            put(err)
-        finally:
-            put(None)
+    def get(self):
+        return self.queue.get()
 
-    producer = threading.Thread(target=decode_all, name="decode", daemon=True)
-    producer.start()
-    pending: list[np.ndarray] = []
+
+_DONE = object()
+
+
+def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: float,
+                 decode_workers: int = 2, ffmpeg_threads: int = 1,
+                 prefetch_blocks: int = 4) -> Iterator[Embedded | Failure]:
+    """For each job, in order: its grid frames' embeddings, or a Failure. Failures passed in are
+    passed through in place, so callers keep one ordered stream of outcomes.
+
+    Up to ``decode_workers`` videos are decoded at once (one ffmpeg each) while this thread runs
+    CLIP; each holds at most ``prefetch_blocks`` blocks of frames, so memory stays bounded."""
+    stop = threading.Event()
+    in_flight = _Pipe(stop)  # (job, its block pipe) or Failure, in job order; None ends it
+    slots = threading.Semaphore(decode_workers)
+    size = encoder.image_size
+
+    def decode(job: VideoJob, blocks: _Pipe) -> None:
+        try:
+            for frames in video_ranges(job.video, fps):
+                for block in decode_range(job.path, frames, fps, size, encoder.batch_size, ffmpeg_threads):
+                    if not blocks.put(block):
+                        return
+            blocks.put(_DONE)
+        except DecodeError as err:
+            blocks.put(Failure(job.video.video_id, "decode", str(err)))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            blocks.put(err)
+
+    def feed() -> None:
+        try:
+            for job in jobs:  # may block on a download still running
+                if isinstance(job, Failure):
+                    in_flight.put(job)
+                    continue
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                blocks = _Pipe(stop, prefetch_blocks)
+                threading.Thread(target=decode, args=(job, blocks), name=f"decode-{job.video.video_id}",
+                                 daemon=True).start()
+                in_flight.put((job, blocks))
+        except BaseException as err:
+            in_flight.put(err)
+        finally:
+            in_flight.put(None)
+
+    feeder = threading.Thread(target=feed, name="decode-feeder", daemon=True)
+    feeder.start()
     try:
-        while (item := blocks.get()) is not None:
+        while (item := in_flight.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             if isinstance(item, Failure):
-                pending.clear()
                 yield item
-            elif isinstance(item, VideoJob):
-                ranges = video_ranges(item.video, fps)
-                times = np.concatenate([np.arange(r.start, r.stop) for r in ranges]) / fps
-                yield Embedded(item.video.video_id, times, np.concatenate(pending))
-                pending.clear()
-            else:
-                pending.append(encoder.encode(item[1]))
+                continue
+            job, blocks = item
+            embedded = []
+            while isinstance(block := blocks.get(), np.ndarray):
+                embedded.append(encoder.encode(block))
+            slots.release()
+            if isinstance(block, BaseException):
+                raise block
+            if isinstance(block, Failure):
+                yield block
+                continue
+            ranges = video_ranges(job.video, fps)
+            times = np.concatenate([np.arange(r.start, r.stop) for r in ranges]) / fps
+            yield Embedded(job.video.video_id, times, np.concatenate(embedded))
     finally:
         stop.set()
-        producer.join()
+        feeder.join()
 
 
 def encoder_settings(encoder: ClipEncoder, fps: float, dtype: str) -> dict:

@@ -116,7 +116,8 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
             "video": v, "url": net.video_url_template.format(youtube_id=v.youtube_id),
             "videos_dir": paths.videos, "cfg": net.download}) for v in todo]
         outcomes = {v.video_id: v for v in done}
-        for result in embed_videos(_outcomes(futures, todo), encoder, net.fps):
+        for result in embed_videos(_outcomes(futures, todo), encoder, net.fps,
+                                   cfg.decode.workers, cfg.decode.ffmpeg_threads):
             if isinstance(result, Embedded):
                 write_frame_shard(frame_shard_path(paths.frames, result.video_id), result.video_id,
                                   result.times, result.embeddings, cfg.clip.embedding_dtype)

@@ -1,0 +1,58 @@
+"""The data flow as a real DVC stage in a temporary git repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from clipmemcap.config import apply_overrides, load_config
+from clipmemcap.synthetic import make_source
+from conftest import ROOT, ingest_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def run(command, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_dvc_repro_runs_the_flow_and_caches_it(tmp_path, http_server, prefect_server):
+    src = make_source(tmp_path / "src", n_train=3, n_test=1, min_duration=3, max_duration=5, seed=2)
+    shutil.copytree(src.videos_dir, http_server.root / "videos")
+    shutil.copy(src.zip_path, http_server.root / "captions.zip")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("clipmemcap", "flows"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    settings = ingest_overrides(http_server.url, Path("storage"), train=3, test=1)
+    params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    load_config(repo / "params.yaml")  # still valid settings
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+
+    run(["dvc", "repro"], repo)
+    out = repo / "storage" / "activitynet"
+    assert len(pq.read_table(out / "segments" / "train.parquet").to_pandas().video_id.unique()) == 3
+    assert len(list((out / "frames").glob("*.parquet"))) == 4
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = {o["path"] for o in lock["stages"]["activitynet"]["outs"]}
+    assert outs == {"storage/activitynet/frames", "storage/activitynet/segments",
+                    "storage/activitynet/failures.parquet", "storage/activitynet/manifest.json"}
+    assert "didn't change" in run(["dvc", "repro"], repo)
+    # a parameter the stage depends on re-runs it
+    params = apply_overrides(params, ["activitynet.subset.train_videos=2"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "activitynet" in run(["dvc", "status"], repo)
+    run(["dvc", "repro"], repo)
+    assert len(list((out / "frames").glob("*.parquet"))) == 3
