@@ -105,9 +105,10 @@ def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
     """Validate one parsed file; see the module docstring for the rules."""
     result = AnnotationFile(name)
     for video_id, entry in data.items():
-        reject = lambda reason, vid=video_id: result.failures.append(  # noqa: E731
-            Failure(str(vid), STAGE, f"{name}: {reason}")
-        )
+
+        def reject(reason: str) -> None:
+            result.failures.append(Failure(str(video_id), STAGE, f"{name}: {reason}"))
+
         if not VIDEO_ID.match(str(video_id)):
             reject("video id does not match ^v_[A-Za-z0-9_-]{11}$")
             continue

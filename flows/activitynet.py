@@ -16,6 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
@@ -107,7 +108,10 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
           paths: DatasetPaths, cfg: Config, logger: logging.Logger) -> list[Failure]:
     """Process candidates in waves until the stream's splits are full or candidates run out."""
     net, failures = cfg.activitynet, []
-    progress = tqdm(total=stream.missing(), desc="/".join(stream.quotas), unit="video")
+    name, total = "/".join(stream.quotas), max(1, stream.missing())
+    progress = tqdm(total=stream.missing(), desc=name, unit="video")
+    # The same progress, visible in the Prefect UI while the run goes on.
+    artifact = create_progress_artifact(0.0, description=f"ActivityNet {name} videos done")
     while stream.missing() and not stream.exhausted():
         wave = stream.next_wave()
         done = [v for v in wave if frame_shard_path(paths.frames, v.video_id).exists()]
@@ -115,13 +119,13 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
         futures = [runner.submit(download_task, {
             "video": v, "url": net.video_url_template.format(youtube_id=v.youtube_id),
             "videos_dir": paths.videos, "cfg": net.download}) for v in todo]
-        outcomes = {v.video_id: v for v in done}
+        succeeded = {v.video_id for v in done}
         for result in embed_videos(_outcomes(futures, todo), encoder, net.fps,
                                    cfg.decode.workers, cfg.decode.ffmpeg_threads):
             if isinstance(result, Embedded):
                 write_frame_shard(frame_shard_path(paths.frames, result.video_id), result.video_id,
                                   result.times, result.embeddings, cfg.clip.embedding_dtype)
-                outcomes[result.video_id] = result
+                succeeded.add(result.video_id)
                 if not net.keep_videos:
                     for path in paths.videos.glob(f"{result.video_id}.*"):
                         path.unlink()
@@ -129,9 +133,10 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
                 logger.warning("%s failed at %s: %s", result.video_id, result.stage, result.reason)
                 failures.append(result)
         for video in wave:  # accept in candidate order, whatever order work finished in
-            if video.video_id in outcomes:
+            if video.video_id in succeeded:
                 stream.accept(video)
                 progress.update()
+        update_progress_artifact(artifact, 100.0 * (1 - stream.missing() / total))
     progress.close()
     return failures
 

@@ -62,6 +62,8 @@ def prefect_server():
                 raise RuntimeError(f"Prefect server did not start: {(PREFECT_HOME / 'server.log').read_text()}")
             time.sleep(0.5)
     yield os.environ["PREFECT_API_URL"]
+    if "prefect.logging.handlers" in sys.modules:  # send buffered run logs before the server goes
+        sys.modules["prefect.logging.handlers"].APILogHandler.flush()
     process.terminate()
     process.wait(timeout=30)
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
