@@ -63,7 +63,7 @@ def prefect_server():
             time.sleep(0.5)
     yield os.environ["PREFECT_API_URL"]
     if "prefect.logging.handlers" in sys.modules:  # send buffered run logs before the server goes
-        sys.modules["prefect.logging.handlers"].APILogHandler.flush()
+        sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=10)
     process.terminate()
     process.wait(timeout=30)
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
