@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from clipmemcap.atomic import atomic_path
 from clipmemcap.failures import Failure
+from clipmemcap.fetch import fetch_file
 from clipmemcap.grid import grid_range
 
 ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
@@ -58,13 +56,11 @@ class AnnotationFile:
 
 def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     """Fetch ``url`` to ``dest`` unless a valid zip is already there."""
-    if dest.exists() and zipfile.is_zipfile(dest):
-        return dest
-    with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
-        if not zipfile.is_zipfile(tmp):
-            raise AnnotationError(f"{url} did not return a zip file")
+    if not (dest.exists() and zipfile.is_zipfile(dest)):
+        fetch_file(url, dest, timeout_s)
+    if not zipfile.is_zipfile(dest):
+        dest.unlink()
+        raise AnnotationError(f"{url} did not return a zip file")
     return dest
 
 

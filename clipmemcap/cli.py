@@ -27,10 +27,19 @@ def cmd_synth(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from flows.activitynet import activitynet_ingest
-
-    manifest = activitynet_ingest(params=args.params, overrides=args.overrides)
+    if args.dataset == "activitynet":
+        from flows.activitynet import activitynet_ingest as ingest
+    else:
+        from flows.coco import coco_ingest as ingest
+    manifest = ingest(params=args.params, overrides=args.overrides)
     print(json.dumps(manifest["counts"], indent=2))
+
+
+def cmd_synth_coco(args) -> None:
+    from clipmemcap.synthetic import make_coco_source
+
+    source = make_coco_source(Path(args.out), n_images=args.images, fmt=args.format, seed=args.seed)
+    print(f"wrote {args.images} images under {source.images_root} and captions to {source.captions_path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_settings(sub.add_parser("config", help="print the resolved settings")).set_defaults(func=cmd_config)
-    with_settings(sub.add_parser("ingest", help="run the ActivityNet data flow (same as python -m flows.activitynet)")
-                  ).set_defaults(func=cmd_ingest)
+    ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
+    ingest.add_argument("dataset", choices=["activitynet", "coco"])
+    ingest.set_defaults(func=cmd_ingest)
 
     synth = sub.add_parser("synth", help="write a synthetic ActivityNet-format source (mp4 videos + captions.zip)")
     synth.add_argument("out", help="output folder")
@@ -55,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-duration", type=float, default=12.0, help="seconds")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth)
+
+    coco = sub.add_parser("synth-coco", help="write a synthetic COCO-format source (JPEG images + caption zip)")
+    coco.add_argument("out", help="output folder")
+    coco.add_argument("--images", type=int, default=12)
+    coco.add_argument("--format", choices=["karpathy", "official"], default="karpathy")
+    coco.add_argument("--seed", type=int, default=0)
+    coco.set_defaults(func=cmd_synth_coco)
     return parser
 
 

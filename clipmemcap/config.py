@@ -8,7 +8,7 @@ reads ``params.yaml`` directly. A run can override any setting with dotted ``key
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +53,26 @@ class ActivityNetConfig(Strict):
     download: DownloadConfig = DownloadConfig()
 
 
+class ImageDownloadConfig(Strict):
+    retries: int = Field(3, ge=0, description="extra attempts of a batch with transient errors")
+    retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
+    timeout_s: float = Field(30.0, gt=0.0)
+    concurrency: int = Field(8, ge=1, description="batches of images downloading at once")
+
+
+class CocoConfig(Strict):
+    captions_url: str = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
+    captions_format: Literal["karpathy", "official"] = "karpathy"
+    images_url_template: str = Field("http://images.cocodataset.org/{file}",
+                                     description="{file}: path under the COCO root; {image_id}")
+    images_dir: Path | None = Field(None, description="a local COCO root; then nothing is downloaded")
+    subset_images: int | None = Field(None, ge=1, description="null = every image")
+    seed: int = 0
+    shard_span: int = Field(10_000, ge=1, description="image ids per shard")
+    max_pixels: int = Field(50_000_000, ge=1, description="larger images are recorded, not decoded")
+    download: ImageDownloadConfig = ImageDownloadConfig()
+
+
 class DecodeConfig(Strict):
     workers: int = Field(2, ge=1, description="videos decoded at once, each by one ffmpeg")
     ffmpeg_threads: int = Field(1, ge=0, description="decoder threads per ffmpeg; 0 = ffmpeg's choice")
@@ -70,6 +90,7 @@ class ClipConfig(Strict):
 class Config(Strict):
     storage: StorageConfig = StorageConfig()
     activitynet: ActivityNetConfig = ActivityNetConfig()
+    coco: CocoConfig = CocoConfig()
     decode: DecodeConfig = DecodeConfig()
     clip: ClipConfig = ClipConfig()
 

@@ -2,9 +2,8 @@
 
 yt-dlp writes into a private ``.partial/<video_id>/`` folder; the file is probed with ffprobe and
 only a readable video is renamed into place, so a file under its final name is always complete.
-Errors are split into :class:`TransientDownloadError` (worth a retry: HTTP 5xx, time-outs,
-dropped connections) and :class:`PermanentDownloadError` (404, private, not a video, ...).
-Retrying is the caller's policy; the Prefect flow retries transient errors with back-off.
+Errors are the transient/permanent classes of :mod:`clipmemcap.fetch` (a private video or a
+file that is not a video is permanent).
 """
 
 from __future__ import annotations
@@ -17,25 +16,7 @@ import ffmpeg
 import yt_dlp
 
 from clipmemcap.config import DownloadConfig
-
-TRANSIENT = re.compile(
-    r"HTTP Error 5\d\d|HTTP Error 429|timed out|timeout|Connection (reset|refused|aborted)"
-    r"|Remote end closed|IncompleteRead|temporarily|Errno 104|Errno 111",
-    re.IGNORECASE,
-)
-
-
-class DownloadError(RuntimeError):
-    pass
-
-
-class TransientDownloadError(DownloadError):
-    pass
-
-
-class PermanentDownloadError(DownloadError):
-    pass
-
+from clipmemcap.fetch import PermanentDownloadError, classify
 
 def probe_video(path: Path) -> float:
     """Duration in seconds of the first video stream; raises PermanentDownloadError when the file
@@ -115,8 +96,7 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
             message = re.sub(r"^ERROR:\s*", "", str(err)).strip()
             if "Did not get any data blocks" in message:
                 message = f"the server sent an empty file (0 bytes): {message}"
-            kind = TransientDownloadError if TRANSIENT.search(message) else PermanentDownloadError
-            raise kind(message) from None
+            raise classify(message)(message) from None
         files = [p for p in partial.iterdir() if p.is_file() and not p.name.endswith(".part")]
         if len(files) != 1:
             raise PermanentDownloadError(f"expected one downloaded file, found {len(files)}")

@@ -1,4 +1,4 @@
-"""A recorded failure: what could not be used, at which stage, and why."""
+"""A recorded failure: what could not be used (a video or image id), at which stage, and why."""
 
 from __future__ import annotations
 
@@ -7,6 +7,6 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, order=True)
 class Failure:
-    video_id: str
+    key: str
     stage: str  # annotations | download | decode | embed
     reason: str

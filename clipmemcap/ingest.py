@@ -11,9 +11,10 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from clipmemcap.failures import Failure
 from clipmemcap.grid import grid_range, merge_ranges
 
 log = logging.getLogger(__name__)
+# Beside the shards it describes; the leading underscore keeps pyarrow.dataset from reading it.
+ENCODER_SETTINGS = "_encoder.json"
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,6 @@ class DatasetPaths:
     @property
     def manifest(self) -> Path:
         return self.out / "manifest.json"
-
-    @property
-    def encoder_settings(self) -> Path:
-        # Leading underscore: pyarrow.dataset and duckdb globs skip it.
-        return self.frames / "_encoder.json"
 
     @property
     def videos(self) -> Path:
@@ -104,30 +102,36 @@ class _Pipe:
 
 
 _DONE = object()
+Job = TypeVar("Job")
 
 
-def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: float,
-                 decode_workers: int = 2, ffmpeg_threads: int = 1,
-                 prefetch_blocks: int = 4) -> Iterator[Embedded | Failure]:
-    """For each job, in order: its grid frames' embeddings, or a Failure. Failures passed in are
-    passed through in place, so callers keep one ordered stream of outcomes.
+@dataclass(frozen=True)
+class _JobFailed:
+    failure: Failure
 
-    Up to ``decode_workers`` videos are decoded at once (one ffmpeg each) while this thread runs
-    CLIP; each holds at most ``prefetch_blocks`` blocks of frames, so memory stays bounded."""
+
+def embed_stream(jobs: Iterable[Job | Failure], encoder: ClipEncoder,
+                 decode: Callable[[Job], Iterator[np.ndarray | Failure]], key: Callable[[Job], str],
+                 workers: int = 2, prefetch_blocks: int = 4) -> Iterator[tuple[Job, np.ndarray] | Failure]:
+    """For each job, in order: ``(job, embeddings [n, D])`` of the uint8 frame blocks that
+    ``decode(job)`` yields, or a Failure when decoding raises DecodeError. Failures passed in,
+    and failures of single items that ``decode`` yields (a corrupt image in a batch), come out
+    in place, so callers keep one ordered stream of outcomes.
+
+    Up to ``workers`` jobs are decoded at once, each on its own thread, while this thread runs
+    CLIP; each holds at most ``prefetch_blocks`` blocks, so memory stays bounded."""
     stop = threading.Event()
     in_flight = _Pipe(stop)  # (job, its block pipe) or Failure, in job order; None ends it
-    slots = threading.Semaphore(decode_workers)
-    size = encoder.image_size
+    slots = threading.Semaphore(workers)
 
-    def decode(job: VideoJob, blocks: _Pipe) -> None:
+    def run_decode(job: Job, blocks: _Pipe) -> None:
         try:
-            for frames in video_ranges(job.video, fps):
-                for block in decode_range(job.path, frames, fps, size, encoder.batch_size, ffmpeg_threads):
-                    if not blocks.put(block):
-                        return
+            for block in decode(job):
+                if not blocks.put(block):
+                    return
             blocks.put(_DONE)
         except DecodeError as err:
-            blocks.put(Failure(job.video.video_id, "decode", str(err)))
+            blocks.put(_JobFailed(Failure(key(job), "decode", str(err))))
         except BaseException as err:  # handed to the consumer, which re-raises it
             blocks.put(err)
 
@@ -141,7 +145,7 @@ def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: 
                     if stop.is_set():
                         return
                 blocks = _Pipe(stop, prefetch_blocks)
-                threading.Thread(target=decode, args=(job, blocks), name=f"decode-{job.video.video_id}",
+                threading.Thread(target=run_decode, args=(job, blocks), name=f"decode-{key(job)}",
                                  daemon=True).start()
                 in_flight.put((job, blocks))
         except BaseException as err:
@@ -160,42 +164,63 @@ def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: 
                 continue
             job, blocks = item
             embedded = []
-            while isinstance(block := blocks.get(), np.ndarray):
-                embedded.append(encoder.encode(block))
+            while (block := blocks.get()) is not _DONE:
+                if isinstance(block, np.ndarray):
+                    embedded.append(encoder.encode(block))
+                elif isinstance(block, Failure):
+                    yield block
+                else:
+                    break
             slots.release()
             if isinstance(block, BaseException):
                 raise block
-            if isinstance(block, Failure):
-                yield block
-                continue
-            ranges = video_ranges(job.video, fps)
-            times = np.concatenate([np.arange(r.start, r.stop) for r in ranges]) / fps
-            yield Embedded(job.video.video_id, times, np.concatenate(embedded))
+            if isinstance(block, _JobFailed):
+                yield block.failure
+            else:
+                yield job, (np.concatenate(embedded) if embedded else np.zeros((0, encoder.embed_dim), np.float32))
     finally:
         stop.set()
         feeder.join()
 
 
-def encoder_settings(encoder: ClipEncoder, fps: float, dtype: str) -> dict:
+def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: float,
+                 decode_workers: int = 2, ffmpeg_threads: int = 1,
+                 prefetch_blocks: int = 4) -> Iterator[Embedded | Failure]:
+    """:func:`embed_stream` over videos: each job's grid frames, decoded once per merged range."""
+
+    def decode(job: VideoJob) -> Iterator[np.ndarray]:
+        for frames in video_ranges(job.video, fps):
+            yield from decode_range(job.path, frames, fps, encoder.image_size, encoder.batch_size, ffmpeg_threads)
+
+    for out in embed_stream(jobs, encoder, decode, lambda job: job.video.video_id, decode_workers, prefetch_blocks):
+        if isinstance(out, Failure):
+            yield out
+            continue
+        job, embeddings = out
+        times = np.concatenate([np.arange(r.start, r.stop) for r in video_ranges(job.video, fps)]) / fps
+        yield Embedded(job.video.video_id, times, embeddings)
+
+
+def encoder_settings(encoder: ClipEncoder, dtype: str, **extra) -> dict:
+    """What an embedding depends on; shards made with other settings must not be mixed in."""
     return {"model": encoder.name, "pretrained": encoder.pretrained, "image_size": encoder.image_size,
-            "embed_dim": encoder.embed_dim, "embedding_dtype": dtype, "fps": fps}
+            "embed_dim": encoder.embed_dim, "embedding_dtype": dtype, **extra}
 
 
-def prepare_frames_dir(paths: DatasetPaths, settings: dict) -> None:
-    """Sweep leftovers of killed writers; drop shards made with other encoder settings (they
-    would silently mix two embedding spaces)."""
-    removed = remove_stale_temporaries(paths.out) + remove_stale_temporaries(paths.cache)
+def prepare_shard_dir(shard_dir: Path, settings: dict, work_dirs: tuple[Path, ...]) -> None:
+    """Sweep leftovers of killed writers from ``work_dirs``; drop shards made with other encoder
+    settings (they would silently mix two embedding spaces); record the settings in use."""
+    removed = sum(remove_stale_temporaries(folder) for folder in work_dirs)
     if removed:
         log.info("removed %d partial files left by an interrupted run", removed)
-    if paths.encoder_settings.exists():
-        previous = json.loads(paths.encoder_settings.read_text())
-        if previous != settings:
-            stale = list(paths.frames.glob("*.parquet"))
-            log.warning("encoder settings changed (%s -> %s): removing %d frame shards",
-                        previous, settings, len(stale))
-            for path in stale:
-                path.unlink()
-    write_json(paths.encoder_settings, settings)
+    record = shard_dir / ENCODER_SETTINGS
+    if record.exists() and json.loads(record.read_text()) != settings:
+        stale = list(shard_dir.glob("*.parquet"))
+        log.warning("encoder settings changed (%s -> %s): removing %d shards",
+                    json.loads(record.read_text()), settings, len(stale))
+        for path in stale:
+            path.unlink()
+    write_json(record, settings)
 
 
 def write_dataset_tables(paths: DatasetPaths, chosen: dict[str, list[Video]], failures: list[Failure],

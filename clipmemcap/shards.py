@@ -1,9 +1,16 @@
 """Parquet layout of an ingested dataset (schema version 1). See README, "Data layout".
 
+ActivityNet (``<out>`` = ``storage/activitynet``):
     <out>/frames/<video_id>.parquet   video_id: string, t: float32 (s), embedding: fixed_size_list<D>
     <out>/segments/<split>.parquet    video_id, segment: int32, start, end: float32, caption, split
     <out>/failures.parquet            video_id, stage, reason: string
     <out>/manifest.json               CLIP model, fps, image size, counts, schema version
+COCO (``<out>`` = ``storage/coco``):
+    <out>/images/shard-<k>.parquet    image_id: int64, embedding: fixed_size_list<D>; ids in
+                                      [k * shard_span, (k + 1) * shard_span)
+    <out>/captions.parquet            image_id: int64, caption, split: string
+    <out>/failures.parquet            image_id, stage, reason: string
+    <out>/manifest.json
 
 All files are zstd-compressed Parquet written atomically (see :mod:`clipmemcap.atomic`), readable
 with plain pyarrow, pandas or duckdb (``read_parquet('<out>/frames/*.parquet')``).
@@ -31,12 +38,31 @@ SEGMENTS_SCHEMA = pa.schema([
     ("caption", pa.string()),
     ("split", pa.string()),
 ])
-FAILURES_SCHEMA = pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+
+
+CAPTIONS_SCHEMA = pa.schema([("image_id", pa.int64()), ("caption", pa.string()), ("split", pa.string())])
+
+
+def _embedding_type(dim: int, dtype: str) -> pa.DataType:
+    return pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
 
 
 def frames_schema(dim: int, dtype: str) -> pa.Schema:
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([("video_id", pa.string()), ("t", pa.float32()), ("embedding", pa.list_(value, dim))])
+    return pa.schema([("video_id", pa.string()), ("t", pa.float32()), ("embedding", _embedding_type(dim, dtype))])
+
+
+def images_schema(dim: int, dtype: str) -> pa.Schema:
+    return pa.schema([("image_id", pa.int64()), ("embedding", _embedding_type(dim, dtype))])
+
+
+def _embedding_array(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(embeddings.astype(dtype).reshape(-1)), embeddings.shape[1])
+
+
+def _embeddings(table: pa.Table) -> np.ndarray:
+    """[n, D] float32 from a fixed-size-list column."""
+    column = table.column("embedding").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float32)
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -51,28 +77,43 @@ def frame_shard_path(frames_dir: Path, video_id: str) -> Path:
 def write_frame_shard(path: Path, video_id: str, times: np.ndarray, embeddings: np.ndarray, dtype: str) -> None:
     """One video's frames; ``times`` [n] seconds, ``embeddings`` [n, D]."""
     n, dim = embeddings.shape
-    flat = pa.array(embeddings.astype(dtype).reshape(-1))
     table = pa.Table.from_arrays(
-        [pa.array([video_id] * n, pa.string()), pa.array(times.astype(np.float32)),
-         pa.FixedSizeListArray.from_arrays(flat, dim)],
+        [pa.array([video_id] * n, pa.string()), pa.array(times.astype(np.float32)), _embedding_array(embeddings, dtype)],
         schema=frames_schema(dim, dtype),
     )
     write_table(table, path)
+
+
+def write_image_shard(path: Path, image_ids: np.ndarray, embeddings: np.ndarray, dtype: str) -> None:
+    """Images of one shard, sorted by id; ``embeddings`` [n, D]."""
+    order = np.argsort(image_ids, kind="stable")
+    table = pa.Table.from_arrays([pa.array(image_ids[order].astype(np.int64)), _embedding_array(embeddings[order], dtype)],
+                                 schema=images_schema(embeddings.shape[1], dtype))
+    write_table(table, path)
+
+
+def read_image_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids [n] int64, embeddings [n, D] float32)."""
+    table = pq.read_table(path)
+    return table.column("image_id").to_numpy(), _embeddings(table)
+
+
+def write_captions(path: Path, rows: list[dict]) -> None:
+    write_table(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA), path)
 
 
 def write_segments(path: Path, rows: list[dict]) -> None:
     write_table(pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA), path)
 
 
-def write_failures(path: Path, failures: list[Failure]) -> None:
-    rows = [{"video_id": f.video_id, "stage": f.stage, "reason": f.reason} for f in sorted(failures)]
-    write_table(pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA), path)
+def write_failures(path: Path, failures: list[Failure], key: str = "video_id") -> None:
+    """Columns ``<key>, stage, reason`` (key: ``video_id`` or ``image_id``), sorted."""
+    schema = pa.schema([(key, pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+    rows = [{key: f.key, "stage": f.stage, "reason": f.reason} for f in sorted(failures)]
+    write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
 def read_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(times [n] float32, embeddings [n, D] float32) of one frame shard."""
     table = pq.read_table(path)
-    column = table.column("embedding").combine_chunks()
-    dim = column.type.list_size
-    embeddings = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return table.column("t").to_numpy(), embeddings
+    return table.column("t").to_numpy(), _embeddings(table)

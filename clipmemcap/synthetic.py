@@ -130,3 +130,50 @@ def write_captions_zip(zip_path: Path, annotations: dict[str, dict | bytes]) -> 
             archive.writestr(name, content if isinstance(content, bytes) else json.dumps(content))
     with atomic_path(zip_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class SyntheticCoco:
+    captions_path: Path  # a zip, as COCO's caption files are distributed
+    images_root: Path  # holds each image's ``file``
+    files: dict[int, str]  # image id -> file
+
+
+def make_coco_source(out_dir: Path, n_images: int = 12, fmt: str = "karpathy", seed: int = 0,
+                     sizes: tuple[tuple[int, int], ...] = ((640, 480), (480, 640), (640, 427), (500, 375))) -> SyntheticCoco:
+    """JPEG images under ``images/`` and their captions (1-5 each) in the ``karpathy``
+    (``caption_datasets.zip`` with ``dataset_coco.json``) or ``official`` format
+    (``annotations.zip`` with ``captions_train2017.json`` and ``captions_val2017.json``)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    root = Path(out_dir) / "images"
+    files, karpathy, official = {}, [], {"train2017": ([], []), "val2017": ([], [])}
+    for n in range(n_images):
+        image_id = 1000 + 37 * n
+        colour = rng.choice(sorted(COLOURS))
+        captions = [f"a {colour} picture with a bar code, take {k}" for k in range(rng.randint(1, 5))]
+        if fmt == "karpathy":
+            split = ("train", "restval", "val", "test")[n % 4]
+            folder = "train2014" if split in ("train", "restval") else "val2014"
+            filename = f"COCO_{folder}_{image_id:012d}.jpg"
+            karpathy.append({"cocoid": image_id, "filepath": folder, "filename": filename, "split": split,
+                             "sentences": [{"raw": c, "tokens": c.split()} for c in captions]})
+        else:
+            folder, filename = ("train2017", "val2017")[n % 2], f"{image_id:012d}.jpg"
+            images, annotations = official[folder]
+            images.append({"id": image_id, "file_name": filename})
+            annotations += [{"id": 10 * image_id + k, "image_id": image_id, "caption": c} for k, c in enumerate(captions)]
+        files[image_id] = f"{folder}/{filename}"
+        width, height = rng.choice(sizes)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(draw_frame(image_id, width, height, COLOURS[colour])).save(root / files[image_id], quality=92)
+    if fmt == "karpathy":
+        members = {"dataset_coco.json": {"images": karpathy, "dataset": "coco"}}
+        zip_path = Path(out_dir) / "caption_datasets.zip"
+    else:
+        members = {f"annotations/captions_{split}.json": {"images": images, "annotations": annotations}
+                   for split, (images, annotations) in official.items()}
+        zip_path = Path(out_dir) / "annotations.zip"
+    write_captions_zip(zip_path, members)
+    return SyntheticCoco(zip_path, root, files)

@@ -9,7 +9,6 @@ ones are tried again.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +23,16 @@ from tqdm import tqdm
 from clipmemcap.annotations import Video, download_annotations, load_annotations
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.config import Config, DownloadConfig, load_config
-from clipmemcap.download import PermanentDownloadError, fetch_video
+from clipmemcap.download import fetch_video
+from clipmemcap.fetch import PermanentDownloadError
 from clipmemcap.failures import Failure
 from clipmemcap.ingest import (
-    DatasetPaths, Embedded, VideoJob, embed_videos, encoder_settings, prepare_frames_dir,
+    DatasetPaths, Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir,
     write_dataset_tables,
 )
 from clipmemcap.selection import Stream, plan_streams
 from clipmemcap.shards import frame_shard_path, write_frame_shard
+from flows.common import command_line, retry_delays
 
 
 def dataset_paths(cfg: Config) -> DatasetPaths:
@@ -79,10 +80,11 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
 
         encoder = ClipEncoder(cfg.clip)
         dtype = cfg.clip.embedding_dtype
-        prepare_frames_dir(paths, encoder_settings(encoder, net.fps, dtype))
+        settings = encoder_settings(encoder, dtype, fps=net.fps)
+        prepare_shard_dir(paths.frames, settings, (paths.out, paths.cache))
         retrying = download.with_options(
             retries=net.download.retries,
-            retry_delay_seconds=[net.download.retry_delay_s * 2**i for i in range(net.download.retries)],
+            retry_delay_seconds=retry_delays(net.download.retries, net.download.retry_delay_s),
         )
         streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
         with ThreadPoolTaskRunner(max_workers=net.download.concurrency) as runner:
@@ -96,12 +98,17 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
         manifest = write_dataset_tables(paths, chosen, failures, net.fps, {
             "dataset": "activitynet-captions",
             "annotations_url": net.annotations_url,
-            "clip": encoder_settings(encoder, net.fps, dtype),
+            "clip": settings,
             "fps": net.fps,
             "subset": {**net.subset.model_dump(), "shortfall": shortfall},
         })
     logger.info("done: %s", manifest["counts"])
     return manifest
+
+
+def _remove_video(paths: DatasetPaths, video_id: str) -> None:
+    for path in paths.videos.glob(f"{video_id}.*"):
+        path.unlink()
 
 
 def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: ClipEncoder,
@@ -127,11 +134,12 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
                                   result.times, result.embeddings, cfg.clip.embedding_dtype)
                 succeeded.add(result.video_id)
                 if not net.keep_videos:
-                    for path in paths.videos.glob(f"{result.video_id}.*"):
-                        path.unlink()
+                    _remove_video(paths, result.video_id)
             else:
-                logger.warning("%s failed at %s: %s", result.video_id, result.stage, result.reason)
+                logger.warning("%s failed at %s: %s", result.key, result.stage, result.reason)
                 failures.append(result)
+                if result.stage == "decode":  # a broken file: fetch it afresh next run
+                    _remove_video(paths, result.key)
         for video in wave:  # accept in candidate order, whatever order work finished in
             if video.video_id in succeeded:
                 stream.accept(video)
@@ -141,14 +149,5 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
     return failures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting for this run, e.g. clip.batch_size=32 (repeatable)")
-    args = parser.parse_args(argv)
-    activitynet_ingest(params=args.params, overrides=args.overrides)
-
-
 if __name__ == "__main__":
-    main()
+    command_line(activitynet_ingest, __doc__)

@@ -53,7 +53,7 @@ def test_excerpt_quirks_are_normalised_and_recorded():
     result = normalise_file("train.json", raw, fps=5)
     video = result.videos["v_N7ppHQNikv8"]  # real entry with a [34.77, 34.77] segment
     assert [s.index for s in video.segments] == list(range(len(video.segments)))
-    assert any(f.video_id == "v_N7ppHQNikv8" and "end <= start" in f.reason for f in result.failures)
+    assert any(f.key == "v_N7ppHQNikv8" and "end <= start" in f.reason for f in result.failures)
     assert all(not s.caption.startswith(" ") for v in result.videos.values() for s in v.segments)
     assert any(s.caption != c for v in raw.values() for s, c in zip(
         result.videos[next(iter(raw))].segments, v["sentences"]))
@@ -70,9 +70,9 @@ def test_each_rule_records_a_reason():
     result = normalise_file("train.json", raw, fps=5)
     video = result.videos["v_AAAAAAAAAAA"]
     assert [(s.start, s.end, s.caption) for s in video.segments] == [(2, 10.0, "a"), (6, 9, "b")]
-    reasons = {f.video_id: [] for f in result.failures}
+    reasons = {f.key: [] for f in result.failures}
     for f in result.failures:
-        reasons[f.video_id].append(f.reason)
+        reasons[f.key].append(f.reason)
     joined = " | ".join(reasons["v_AAAAAAAAAAA"])
     for expected in ["end <= start", "negative start", "empty sentence", "at or after the duration", "no frame of the 5 fps grid"]:
         assert expected in joined
@@ -90,7 +90,7 @@ def test_same_video_in_train_and_test_is_removed_from_both(tmp_path):
     files = load_annotations(zip_path, fps=5)
     assert "v_DDDDDDDDDDD" not in files["train.json"].videos and "v_DDDDDDDDDDD" not in files["val_1.json"].videos
     assert "v_EEEEEEEEEEE" in files["train.json"].videos
-    assert [f.video_id for f in files["val_1.json"].failures] == ["v_DDDDDDDDDDD"]
+    assert [f.key for f in files["val_1.json"].failures] == ["v_DDDDDDDDDDD"]
 
 
 def test_malformed_json_names_file_and_position(tmp_path):

@@ -18,9 +18,10 @@ def run(args, check=True):
 
 def test_help_lists_the_commands():
     out = run(CLI + ["--help"]).stdout
-    for command in ("config", "ingest", "synth"):
+    for command in ("config", "ingest", "synth", "synth-coco"):
         assert command in out
-    assert "--set" in run([sys.executable, "-m", "flows.activitynet", "--help"]).stdout
+    for flow in ("flows.activitynet", "flows.coco"):
+        assert "--set" in run([sys.executable, "-m", flow, "--help"]).stdout
 
 
 def test_config_prints_resolved_settings_with_overrides():
@@ -39,3 +40,10 @@ def test_synth_writes_an_official_format_source(tmp_path):
     assert sorted(names) == ["train.json", "val_1.json", "val_2.json"]
     train = json.loads(zipfile.ZipFile(tmp_path / "captions.zip").read("train.json"))
     assert len(train) == 2 and all((tmp_path / "videos" / f"{v}.mp4").stat().st_size > 0 for v in train)
+
+
+def test_synth_coco_writes_both_caption_formats(tmp_path):
+    for fmt, name in (("karpathy", "caption_datasets.zip"), ("official", "annotations.zip")):
+        run(CLI + ["synth-coco", str(tmp_path / fmt), "--images", "3", "--format", fmt])
+        assert zipfile.is_zipfile(tmp_path / fmt / name)
+        assert len(list((tmp_path / fmt / "images").rglob("*.jpg"))) == 3

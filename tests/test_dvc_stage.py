@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from clipmemcap.config import apply_overrides, load_config
-from clipmemcap.synthetic import make_source
+from clipmemcap.synthetic import make_coco_source, make_source
 from conftest import ROOT, ingest_overrides
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def run(command, cwd):
     return result.stdout
 
 
-def test_dvc_repro_runs_the_flow_and_caches_it(tmp_path, http_server, prefect_server):
+def test_dvc_repro_runs_the_flows_and_caches_them(tmp_path, http_server, prefect_server):
     src = make_source(tmp_path / "src", n_train=3, n_test=1, min_duration=3, max_duration=5, seed=2)
     shutil.copytree(src.videos_dir, http_server.root / "videos")
     shutil.copy(src.zip_path, http_server.root / "captions.zip")
@@ -34,7 +34,9 @@ def test_dvc_repro_runs_the_flow_and_caches_it(tmp_path, http_server, prefect_se
         shutil.copy(ROOT / name, repo / name)
     for folder in ("clipmemcap", "flows"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    settings = ingest_overrides(http_server.url, Path("storage"), train=3, test=1)
+    coco = make_coco_source(tmp_path / "coco", n_images=5)
+    settings = ingest_overrides(http_server.url, Path("storage"), train=3, test=1) + [
+        f"coco.captions_url={coco.captions_path}", f"coco.images_dir={coco.images_root}"]
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     load_config(repo / "params.yaml")  # still valid settings
@@ -49,10 +51,12 @@ def test_dvc_repro_runs_the_flow_and_caches_it(tmp_path, http_server, prefect_se
     outs = {o["path"] for o in lock["stages"]["activitynet"]["outs"]}
     assert outs == {"storage/activitynet/frames", "storage/activitynet/segments",
                     "storage/activitynet/failures.parquet", "storage/activitynet/manifest.json"}
-    assert "didn't change" in run(["dvc", "repro"], repo)
+    assert len(pq.read_table(repo / "storage" / "coco" / "captions.parquet").to_pandas().image_id.unique()) == 5
+    assert run(["dvc", "repro"], repo).count("didn't change") == 2
     # a parameter the stage depends on re-runs it
     params = apply_overrides(params, ["activitynet.subset.train_videos=2"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "activitynet" in run(["dvc", "status"], repo)
+    status = run(["dvc", "status"], repo)
+    assert "activitynet" in status and "coco" not in status  # only the stage that depends on it
     run(["dvc", "repro"], repo)
     assert len(list((out / "frames").glob("*.parquet"))) == 3

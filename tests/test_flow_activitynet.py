@@ -242,7 +242,8 @@ def test_rerun_retries_only_what_failed(tmp_path, http_server, prefect_server, s
     good = [p for p in hits if p.startswith("/videos/") and Path(p).stem not in FAULTS and p != "/videos/v_flaky500ok_.mp4"]
     assert good and all(http_server.hits[p] == hits[p] for p in good)  # done videos are not fetched again
     assert http_server.hits["/videos/v_flaky500ok_.mp4"] == hits["/videos/v_flaky500ok_.mp4"]  # nor embedded again
-    assert http_server.hits["/videos/v_404notfound.mp4"] > hits["/videos/v_404notfound.mp4"]  # failures are retried
+    for failed in ("v_404notfound", "v_truncatedxx", "v_notavideoxx"):  # failures are retried
+        assert http_server.hits[f"/videos/{failed}.mp4"] > hits[f"/videos/{failed}.mp4"]
     assert all(p.stat().st_mtime_ns == t for p, t in shards.items())  # finished shards untouched
     assert second["counts"]["videos"]["train"] == first["counts"]["videos"]["train"] + 1
     failed = {r["video_id"] for r in pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()}

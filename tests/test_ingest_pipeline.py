@@ -24,8 +24,8 @@ def test_outcomes_keep_job_order_and_do_not_depend_on_worker_count(tmp_path):
 
     runs = [list(embed_videos(iter(jobs), encoder, 5, decode_workers=w, prefetch_blocks=1)) for w in (1, 3)]
     for outcomes in runs:
-        ids = [o.video_id if isinstance(o, (Embedded, Failure)) else None for o in outcomes]
-        assert ids == [j.video.video_id if isinstance(j, VideoJob) else j.video_id for j in jobs]
+        ids = [o.video_id if isinstance(o, Embedded) else o.key for o in outcomes]
+        assert ids == [j.video.video_id if isinstance(j, VideoJob) else j.key for j in jobs]
         assert isinstance(outcomes[2], Failure) and outcomes[2].stage == "decode"
         assert outcomes[4] == jobs[4]
         for job, outcome in zip(jobs, outcomes):
