@@ -1,6 +1,6 @@
 """Ingest throughput: end-to-end embedded frames/s against its two halves.
 
-    python benchmarks/ingest_throughput.py [--models ViT-B-32 TinyViT] [--videos 4] [--duration 30]
+    python benchmarks/video_throughput.py [--models ViT-B-32 TinyViT] [--videos 4] [--duration 30]
 
 On synthetic 640x360 30 fps h264 videos (random CLIP weights), measures at the same batch size
 and torch thread count:
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,9 @@ from clipmemcap.decode import decode_range
 from clipmemcap.ingest import Embedded, VideoJob, embed_videos, video_ranges
 from clipmemcap.shards import write_frame_shard
 from clipmemcap.synthetic import write_video
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_times, print_table  # noqa: E402
 
 FPS = 5
 TARGETS = {"ViT-B-32": 0.9, "TinyViT": 0.8}
@@ -43,18 +46,6 @@ def make_jobs(folder: Path, n: int, duration: float) -> list[VideoJob]:
         segments = (Segment(0, 0.0, duration * 0.7, "a"), Segment(1, duration * 0.5, duration, "b"))
         jobs.append(VideoJob(Video(path.stem, duration, segments), path))
     return jobs
-
-
-def best_times(measurements: dict, repeats: int) -> dict:
-    """Best wall time of each measurement over ``repeats`` rounds. The rounds interleave the
-    measurements, so a slow spell of a shared machine does not favour one of them."""
-    best = {name: float("inf") for name in measurements}
-    for _ in range(repeats):
-        for name, fn in measurements.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def measure(model: str, jobs: list[VideoJob], batch: int, out: Path, repeats: int, decode: DecodeConfig) -> dict:
@@ -78,8 +69,10 @@ def measure(model: str, jobs: list[VideoJob], batch: int, out: Path, repeats: in
     t = best_times({"decode": decode_all, "clip": lambda: [encoder.encode(b) for b in blocks],
                     "e2e": end_to_end}, repeats)
     a, b, c = frames / t["clip"], frames / t["decode"], frames / t["e2e"]
+    target = TARGETS.get(model)
     return {"model": model, "batch": batch, "threads": torch.get_num_threads(), "frames": frames,
-            "clip_fps": a, "decode_fps": b, "e2e_fps": c, "ratio": c / min(a, b), "target": TARGETS.get(model)}
+            "clip_fps": a, "decode_fps": b, "e2e_fps": c, "ratio": c / min(a, b), "target": target or "",
+            "verdict": "" if target is None else ("ok" if c / min(a, b) >= target else "MISS")}
 
 
 def main() -> None:
@@ -101,14 +94,11 @@ def main() -> None:
         jobs = make_jobs(folder, args.videos, args.duration)
         decode = DecodeConfig(workers=args.decode_workers)
         rows = [measure(m, jobs, args.batch, Path(tmp), args.repeats, decode) for m in args.models]
-    header = f"{'model':<10} {'batch':>5} {'threads':>7} {'frames':>6} {'(a) clip':>9} {'(b) decode':>10} {'end-to-end':>10} {'e2e/min':>7} {'target':>6}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ok = "" if r["target"] is None else ("ok" if r["ratio"] >= r["target"] else "MISS")
-        print(f"{r['model']:<10} {r['batch']:>5} {r['threads']:>7} {r['frames']:>6} {r['clip_fps']:>9.1f} "
-              f"{r['decode_fps']:>10.1f} {r['e2e_fps']:>10.1f} {r['ratio']:>7.2f} {r['target'] or '':>4} {ok}")
-    print("frames/s; (a) CLIP forward on decoded frames, (b) decoding alone, end-to-end = decode || CLIP + shards")
+    print_table(rows, [("model", "model", ""), ("batch", "batch", "d"), ("threads", "threads", "d"),
+                       ("frames", "frames", "d"), ("clip_fps", "(a) clip", ".1f"), ("decode_fps", "(b) decode", ".1f"),
+                       ("e2e_fps", "end-to-end", ".1f"), ("ratio", "e2e/min", ".2f"), ("target", "target", ""),
+                       ("verdict", "", "")],
+                "frames/s; (a) CLIP forward on decoded frames, (b) decoding alone, end-to-end = decode || CLIP + shards")
 
 
 if __name__ == "__main__":
