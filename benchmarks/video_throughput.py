@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipmemcap.annotations import Segment, Video
+from clipmemcap.activitynet import Segment, Video
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.config import ClipConfig, DecodeConfig
 from clipmemcap.decode import decode_range
-from clipmemcap.ingest import Embedded, VideoJob, embed_videos, video_ranges
+from clipmemcap.ingest import Embedded, VideoJob, embed_videos
 from clipmemcap.shards import write_frame_shard
 from clipmemcap.synthetic import write_video
 
@@ -53,7 +53,7 @@ def measure(model: str, jobs: list[VideoJob], batch: int, out: Path, repeats: in
     size = encoder.image_size
 
     def decode_all():
-        return [b for j in jobs for r in video_ranges(j.video, FPS)
+        return [b for j in jobs for r in j.video.frame_ranges(FPS)
                 for b in decode_range(j.path, r, FPS, size, batch, decode.ffmpeg_threads)]
 
     blocks = decode_all()  # also warms the page cache: every measurement reads from memory

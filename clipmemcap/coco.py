@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from clipmemcap.annotations import AnnotationError, parse_json
 from clipmemcap.atomic import write_json
 from clipmemcap.failures import Failure
+from clipmemcap.jsonio import AnnotationError, parse_json
 from clipmemcap.shards import SCHEMA_VERSION, read_image_shard, write_captions, write_failures, write_image_shard
 
 STAGE = "annotations"

@@ -1,8 +1,9 @@
-"""Turn downloaded videos into frame-embedding shards, and finish a dataset's tables.
+"""The embedding pipeline: decode on background threads while the calling thread runs CLIP.
 
-:func:`embed_videos` decodes on background threads while the calling thread runs CLIP, so
-decoding the next videos overlaps embedding of the current one, and frames stream through in
-blocks: a video's memory cost is a few blocks, however long it is.
+:func:`embed_stream` is the pipeline for any kind of job (a video, a batch of images);
+:func:`embed_videos` runs it over videos' grid frames. Decoding the next jobs overlaps embedding
+of the current one, and frames stream through in blocks: a video's memory cost is a few blocks,
+however long it is.
 """
 
 from __future__ import annotations
@@ -18,53 +19,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from clipmemcap import shards
-from clipmemcap.annotations import Video
+from clipmemcap.activitynet import Video
 from clipmemcap.atomic import remove_stale_temporaries, write_json
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.decode import DecodeError, decode_range
 from clipmemcap.failures import Failure
-from clipmemcap.grid import grid_range, merge_ranges
 
 log = logging.getLogger(__name__)
 # Beside the shards it describes; the leading underscore keeps pyarrow.dataset from reading it.
 ENCODER_SETTINGS = "_encoder.json"
-
-
-@dataclass(frozen=True)
-class DatasetPaths:
-    """Outputs (DVC-tracked) under ``out``; downloads and the lock under ``cache``."""
-
-    out: Path
-    cache: Path
-
-    @property
-    def frames(self) -> Path:
-        return self.out / "frames"
-
-    @property
-    def segments(self) -> Path:
-        return self.out / "segments"
-
-    @property
-    def failures(self) -> Path:
-        return self.out / "failures.parquet"
-
-    @property
-    def manifest(self) -> Path:
-        return self.out / "manifest.json"
-
-    @property
-    def videos(self) -> Path:
-        return self.cache / "videos"
-
-    @property
-    def lock(self) -> Path:
-        return self.cache / "run.lock"
-
-
-def video_ranges(video: Video, fps: float) -> list[range]:
-    return merge_ranges([grid_range(s.start, s.end, fps) for s in video.segments])
 
 
 @dataclass(frozen=True)
@@ -189,7 +152,7 @@ def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: 
     """:func:`embed_stream` over videos: each job's grid frames, decoded once per merged range."""
 
     def decode(job: VideoJob) -> Iterator[np.ndarray]:
-        for frames in video_ranges(job.video, fps):
+        for frames in job.video.frame_ranges(fps):
             yield from decode_range(job.path, frames, fps, encoder.image_size, encoder.batch_size, ffmpeg_threads)
 
     for out in embed_stream(jobs, encoder, decode, lambda job: job.video.video_id, decode_workers, prefetch_blocks):
@@ -197,7 +160,7 @@ def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: 
             yield out
             continue
         job, embeddings = out
-        times = np.concatenate([np.arange(r.start, r.stop) for r in video_ranges(job.video, fps)]) / fps
+        times = np.concatenate([np.arange(r.start, r.stop) for r in job.video.frame_ranges(fps)]) / fps
         yield Embedded(job.video.video_id, times, embeddings)
 
 
@@ -221,29 +184,3 @@ def prepare_shard_dir(shard_dir: Path, settings: dict, work_dirs: tuple[Path, ..
         for path in stale:
             path.unlink()
     write_json(record, settings)
-
-
-def write_dataset_tables(paths: DatasetPaths, chosen: dict[str, list[Video]], failures: list[Failure],
-                         fps: float, manifest: dict) -> dict:
-    """Segments per split, failures, and the manifest (written last: its presence means the
-    dataset is complete). Shards of videos no longer chosen are removed so that ``frames/`` holds
-    exactly the dataset."""
-    keep = {v.video_id for videos in chosen.values() for v in videos}
-    for path in paths.frames.glob("*.parquet"):
-        if path.stem not in keep:
-            log.info("removing shard of %s: not in the selected subset", path.stem)
-            path.unlink()
-    segment_counts = {}
-    for split, videos in chosen.items():
-        rows = [{"video_id": v.video_id, "segment": s.index, "start": s.start, "end": s.end,
-                 "caption": s.caption, "split": split}
-                for v in sorted(videos, key=lambda v: v.video_id) for s in v.segments]
-        shards.write_segments(paths.segments / f"{split}.parquet", rows)
-        segment_counts[split] = len(rows)
-    shards.write_failures(paths.failures, failures)
-    frames = sum(len(r) for videos in chosen.values() for v in videos for r in video_ranges(v, fps))
-    manifest = {**manifest, "schema_version": shards.SCHEMA_VERSION,
-                "counts": {"videos": {s: len(v) for s, v in chosen.items()},
-                           "segments": segment_counts, "frames": frames, "failures": len(failures)}}
-    write_json(paths.manifest, manifest)
-    return manifest

@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from clipmemcap.annotations import Video
+from clipmemcap.activitynet import Video
 from clipmemcap.config import SubsetConfig
 
 

@@ -20,23 +20,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from clipmemcap.annotations import Video, download_annotations, load_annotations
+from clipmemcap.activitynet import ActivityNetPaths, Video, download_annotations, load_annotations, write_tables
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.config import Config, DownloadConfig, load_config
 from clipmemcap.download import fetch_video
 from clipmemcap.fetch import PermanentDownloadError
 from clipmemcap.failures import Failure
-from clipmemcap.ingest import (
-    DatasetPaths, Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir,
-    write_dataset_tables,
-)
+from clipmemcap.ingest import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir
 from clipmemcap.selection import Stream, plan_streams
 from clipmemcap.shards import frame_shard_path, write_frame_shard
 from flows.common import command_line, retry_delays
 
 
-def dataset_paths(cfg: Config) -> DatasetPaths:
-    return DatasetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.root / "cache" / "activitynet")
+def dataset_paths(cfg: Config) -> ActivityNetPaths:
+    return ActivityNetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.root / "cache" / "activitynet")
 
 
 @task(cache_policy=NO_CACHE)
@@ -95,7 +92,7 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
         shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
         if shortfall:
             logger.warning("candidates ran out; videos missing per split: %s", shortfall)
-        manifest = write_dataset_tables(paths, chosen, failures, net.fps, {
+        manifest = write_tables(paths, chosen, failures, net.fps, {
             "dataset": "activitynet-captions",
             "annotations_url": net.annotations_url,
             "clip": settings,
@@ -106,13 +103,13 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
     return manifest
 
 
-def _remove_video(paths: DatasetPaths, video_id: str) -> None:
+def _remove_video(paths: ActivityNetPaths, video_id: str) -> None:
     for path in paths.videos.glob(f"{video_id}.*"):
         path.unlink()
 
 
 def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: ClipEncoder,
-          paths: DatasetPaths, cfg: Config, logger: logging.Logger) -> list[Failure]:
+          paths: ActivityNetPaths, cfg: Config, logger: logging.Logger) -> list[Failure]:
     """Process candidates in waves until the stream's splits are full or candidates run out."""
     net, failures = cfg.activitynet, []
     name, total = "/".join(stream.quotas), max(1, stream.missing())

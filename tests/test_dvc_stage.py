@@ -60,3 +60,16 @@ def test_dvc_repro_runs_the_flows_and_caches_them(tmp_path, http_server, prefect
     assert "activitynet" in status and "coco" not in status  # only the stage that depends on it
     run(["dvc", "repro"], repo)
     assert len(list((out / "frames").glob("*.parquet"))) == 3
+
+
+@pytest.mark.parametrize("stage,module", [("activitynet", "flows.activitynet"), ("coco", "flows.coco")])
+def test_stage_deps_cover_every_project_module_the_flow_imports(stage, module):
+    """A library change must re-run the stages whose outputs it can change."""
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() "
+            "if n.split('.')[0] in ('clipmemcap', 'flows') and getattr(m, '__file__', None)))")
+    files = run([sys.executable, "-c", code, module], ROOT).split()
+    used = {str(Path(f).resolve().relative_to(ROOT)) for f in files if not f.endswith("__init__.py")}
+    deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"])
+    assert used - deps == set()
+    assert all((ROOT / d).exists() for d in deps)

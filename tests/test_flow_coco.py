@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clipmemcap.annotations import AnnotationError
+from clipmemcap.jsonio import AnnotationError
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.coco import load_captions
 from clipmemcap.config import ClipConfig

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from clipmemcap.annotations import Segment, Video
+from clipmemcap.activitynet import Segment, Video
 from clipmemcap.clip_encoder import ClipEncoder
 from clipmemcap.config import ClipConfig
 from clipmemcap.failures import Failure

@@ -1,4 +1,4 @@
-from clipmemcap.annotations import Segment, Video
+from clipmemcap.activitynet import Segment, Video
 from clipmemcap.config import SubsetConfig
 from clipmemcap.selection import plan_streams
 

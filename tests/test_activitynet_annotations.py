@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from clipmemcap.annotations import AnnotationError, load_annotations, normalise_file, parse_json, read_zip
+from clipmemcap.activitynet import load_annotations, normalise_file, read_zip
+from clipmemcap.jsonio import AnnotationError, parse_json
 from clipmemcap.synthetic import write_captions_zip
 from conftest import ASSETS, ROOT
 

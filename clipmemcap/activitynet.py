@@ -1,4 +1,5 @@
-"""ActivityNet Captions annotations: fetch ``captions.zip``, parse, normalise, validate.
+"""ActivityNet Captions: fetch ``captions.zip``, parse, normalise, validate; the dataset's paths
+and tables.
 
 Every segment or video that is dropped is returned as a :class:`Failure` with its reason; nothing
 is dropped silently. Segments are sorted by start, so a segment's ``index`` is its position in the
@@ -7,24 +8,24 @@ sorted list of the video's valid segments.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from clipmemcap.atomic import write_json
 from clipmemcap.failures import Failure
 from clipmemcap.fetch import fetch_file
-from clipmemcap.grid import grid_range
+from clipmemcap.grid import grid_range, merge_ranges
+from clipmemcap.jsonio import AnnotationError, parse_json
+from clipmemcap.shards import SCHEMA_VERSION, write_failures, write_segments
 
 ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
 VIDEO_ID = re.compile(r"^v_[A-Za-z0-9_-]{11}$")
 STAGE = "annotations"
-
-
-class AnnotationError(ValueError):
-    """The annotation source itself is unusable (bad zip, malformed JSON, missing file)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Video:
     @property
     def youtube_id(self) -> str:
         return self.video_id[2:]
+
+    def frame_ranges(self, fps: float) -> list[range]:
+        """Merged grid ranges of all segments: each grid frame once, one seek per range."""
+        return merge_ranges([grid_range(s.start, s.end, fps) for s in self.segments])
 
 
 @dataclass
@@ -76,19 +81,6 @@ def read_zip(path: Path) -> dict[str, bytes]:
         if missing:
             raise AnnotationError(f"{path}: missing {', '.join(missing)}")
         return {name: archive.read(members[name]) for name in ANNOTATION_FILES}
-
-
-def parse_json(name: str, payload: bytes | str) -> dict:
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(
-            f"{name}: malformed JSON at line {err.lineno} column {err.colno} "
-            f"(char {err.pos}): {err.msg}"
-        ) from err
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{name}: expected an object of videos, got {type(data).__name__}")
-    return data
 
 
 def _number(value) -> float:
@@ -162,3 +154,61 @@ def load_annotations(zip_path: Path, fps: float) -> dict[str, AnnotationFile]:
                 Failure(video_id, STAGE, f"{afile.name}: listed in both train.json and val_1.json")
             )
     return files
+
+
+@dataclass(frozen=True)
+class ActivityNetPaths:
+    """Outputs (DVC-tracked) under ``out``; downloads and the lock under ``cache``."""
+
+    out: Path
+    cache: Path
+
+    @property
+    def frames(self) -> Path:
+        return self.out / "frames"
+
+    @property
+    def segments(self) -> Path:
+        return self.out / "segments"
+
+    @property
+    def failures(self) -> Path:
+        return self.out / "failures.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "manifest.json"
+
+    @property
+    def videos(self) -> Path:
+        return self.cache / "videos"
+
+    @property
+    def lock(self) -> Path:
+        return self.cache / "run.lock"
+
+
+def write_tables(paths: ActivityNetPaths, chosen: dict[str, list[Video]], failures: list[Failure],
+                         fps: float, manifest: dict) -> dict:
+    """Segments per split, failures, and the manifest (written last: its presence means the
+    dataset is complete). Shards of videos no longer chosen are removed so that ``frames/`` holds
+    exactly the dataset."""
+    keep = {v.video_id for videos in chosen.values() for v in videos}
+    for path in paths.frames.glob("*.parquet"):
+        if path.stem not in keep:
+            log.info("removing shard of %s: not in the selected subset", path.stem)
+            path.unlink()
+    segment_counts = {}
+    for split, videos in chosen.items():
+        rows = [{"video_id": v.video_id, "segment": s.index, "start": s.start, "end": s.end,
+                 "caption": s.caption, "split": split}
+                for v in sorted(videos, key=lambda v: v.video_id) for s in v.segments]
+        write_segments(paths.segments / f"{split}.parquet", rows)
+        segment_counts[split] = len(rows)
+    write_failures(paths.failures, failures)
+    frames = sum(len(r) for videos in chosen.values() for v in videos for r in v.frame_ranges(fps))
+    manifest = {**manifest, "schema_version": SCHEMA_VERSION,
+                "counts": {"videos": {s: len(v) for s, v in chosen.items()},
+                           "segments": segment_counts, "frames": frames, "failures": len(failures)}}
+    write_json(paths.manifest, manifest)
+    return manifest
