@@ -1,0 +1,110 @@
+"""External kNN memory of (key, value) pairs, one independent memory per batch row (per clip).
+
+Keys and values live in a ring buffer per row ([heads, capacity, dim]), so a full memory evicts
+its oldest entries first (FIFO) instead of resetting. Search returns ring slots of the top-k
+keys by inner product, per head; callers gather keys and values and recompute the scores, so
+gradients reach the queries and never the memory. Backends:
+
+- ``torch``: exact, one matmul + top-k (the default: fastest exact search at 5 fps clip sizes);
+- ``faiss-flat``: exact, faiss ``IndexFlatIP`` (ids mapped so evicted entries are removed);
+- ``faiss-hnsw``: approximate, faiss HNSW; rebuilt when entries are evicted. Measure its recall
+  (``benchmarks/knn_memory.py``) before trusting it.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+
+BACKENDS = ("torch", "faiss-flat", "faiss-hnsw")
+
+
+class _RowMemory:
+    def __init__(self, heads: int, dim: int, capacity: int, backend: str, device: torch.device):
+        self.heads, self.dim, self.capacity, self.backend = heads, dim, capacity, backend
+        self.keys = torch.empty(heads, 0, dim, device=device)
+        self.values = torch.empty(heads, 0, dim, device=device)
+        self.added = 0  # entries ever added; entry n lives in slot n % capacity
+        self.indexes = None
+
+    def __len__(self) -> int:
+        return min(self.added, self.capacity)
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """keys, values [heads, n <= capacity, dim], detached."""
+        n = keys.shape[1]
+        if n > self.capacity:
+            raise ValueError(f"adding {n} entries to a memory of capacity {self.capacity}")
+        if self.keys.shape[1] < self.capacity:  # still growing
+            room = self.capacity - self.keys.shape[1]
+            self.keys = torch.cat([self.keys, keys[:, :room]], 1)
+            self.values = torch.cat([self.values, values[:, :room]], 1)
+            keys, values = keys[:, room:], values[:, room:]
+        if keys.shape[1]:
+            slots = (torch.arange(keys.shape[1]) + self.added + (n - keys.shape[1])) % self.capacity
+            self.keys[:, slots], self.values[:, slots] = keys, values
+        self._index_add(n)
+        self.added += n
+
+    def _index_add(self, n: int) -> None:
+        if self.backend == "torch":
+            return
+        evicting = self.added + n > self.capacity
+        if self.indexes is None or (evicting and self.backend == "faiss-hnsw"):
+            self.indexes = [self._new_index() for _ in range(self.heads)]
+            ids = np.arange(max(0, self.added + n - self.capacity), self.added + n)
+        else:
+            ids = np.arange(self.added, self.added + n)
+            if evicting:
+                old = faiss.IDSelectorRange(max(0, self.added - self.capacity), self.added + n - self.capacity)
+                for index in self.indexes:
+                    index.remove_ids(old)
+        keys = self.keys[:, torch.as_tensor(ids % self.capacity)].float().cpu().numpy()
+        for head, index in enumerate(self.indexes):
+            index.add_with_ids(np.ascontiguousarray(keys[head]), ids.astype(np.int64))
+
+    def _new_index(self):
+        if self.backend == "faiss-flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        hnsw = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 64
+        return faiss.IndexIDMap2(hnsw)
+
+    def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """queries [heads, q, dim] -> slots [heads, q, min(k, len)] of the best keys."""
+        k = min(k, len(self))
+        if self.backend == "torch":
+            scores = queries.detach() @ self.keys.transpose(1, 2)  # [heads, q, len]
+            return scores.topk(k, dim=-1).indices
+        found = np.stack([index.search(np.ascontiguousarray(q), k)[1]
+                          for index, q in zip(self.indexes, queries.detach().float().cpu().numpy())])
+        found = np.where(found < 0, found[..., :1], found)  # HNSW can come back short: repeat the best
+        return torch.as_tensor(found % self.capacity, device=queries.device)
+
+
+class KNNMemory:
+    """One memory per batch row; see the module docstring."""
+
+    def __init__(self, batch: int, heads: int, dim: int, capacity: int, backend: str = "torch",
+                 device: torch.device | str = "cpu"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown kNN memory backend {backend!r}; choose one of {BACKENDS}")
+        self.rows = [_RowMemory(heads, dim, capacity, backend, torch.device(device)) for _ in range(batch)]
+        self.settings = (heads, dim, capacity, backend, torch.device(device))
+
+    def reset(self, row: int) -> None:
+        self.rows[row] = _RowMemory(*self.settings)
+
+    def size(self, row: int) -> int:
+        return len(self.rows[row])
+
+    def add(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.rows[row].add(keys.detach(), values.detach())
+
+    def retrieve(self, row: int, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries [heads, q, dim] -> the top-k keys and values [heads, q, k', dim], detached."""
+        memory = self.rows[row]
+        slots = memory.search(queries, k)  # [heads, q, k']
+        heads = torch.arange(memory.heads, device=slots.device)[:, None, None]
+        return memory.keys[heads, slots], memory.values[heads, slots]

@@ -1,0 +1,353 @@
+"""Mapping networks: CLIP embeddings of a clip's frames -> a prefix of L GPT-2 embeddings.
+
+Every mapper takes ``frames [B, T, D]`` (CLIP embeddings), ``times [B, T]`` (seconds from the
+clip's start) and ``lengths [B]`` (valid frames per row; the rest is padding) and returns
+``prefix [B, L, E]``. An image is a one-frame clip.
+
+- ``mlp``, ``transformer``: ClipCap's image mappers (Mokady et al. 2021), applied to the mean
+  embedding of the valid frames (the ``mean`` video baseline; for an image, the image itself).
+- ``temporal``: a Transformer over W frame tokens chosen by ``frame_policy`` (``uniform`` or
+  ``last``), each frame one token plus an encoding of its time, and L learned prefix tokens.
+- ``memorizing``: the same Transformer run over the whole clip in consecutive chunks of W frames;
+  its kNN layer(s) also attend to the top-k keys of the clip's earlier chunks in an external,
+  non-differentiable memory (Wu et al. 2022). See :class:`MemorizingMapper`.
+
+The video mappers name their shared parts as ClipCap's Transformer mapper does (``prefix_const``,
+``transformer.layers.*``), so :func:`load_shared` initialises them from a pretrained image mapper.
+Configurations are JSON files (``clipmemcap/model_configs``), read into :class:`MapperConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from clipmemcap.knn_memory import KNNMemory
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass(frozen=True)
+class MapperConfig:
+    kind: str  # mlp | transformer | temporal | memorizing
+    clip_dim: int = 512  # D
+    embed_dim: int = 768  # E, GPT-2's width
+    prefix_length: int = 10  # L
+    clip_length: int = 10  # transformer image mapper: tokens made from one embedding
+    layers: int = 8
+    heads: int = 8
+    mlp_ratio: float = 2.0
+    window: int = 10  # W: frames per step of the video mappers
+    frame_policy: str = "uniform"  # temporal: uniform | last
+    time_scale: float = 5.0  # time encoding positions per second (5 = one per 5 fps frame)
+    knn_layers: tuple[int, ...] = (-2,)  # layers with normalised attention (+ memory if memorizing)
+    top_k: int = 32
+    memory_capacity: int = 65_536  # entries per clip; FIFO eviction beyond it
+    memory_backend: str = "torch"
+
+    def __post_init__(self):
+        object.__setattr__(self, "knn_layers", tuple(i % self.layers for i in self.knn_layers))
+        if self.kind not in MAPPERS:
+            raise ValueError(f"unknown mapper kind {self.kind!r}; choose one of {sorted(MAPPERS)}")
+        if self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
+        if self.memory_capacity < self.window:
+            raise ValueError(f"memory_capacity {self.memory_capacity} is smaller than one window ({self.window})")
+
+    @classmethod
+    def load(cls, source: str | Path, **overrides) -> MapperConfig:
+        """From a JSON file, or the name of one in ``clipmemcap/model_configs``."""
+        path = Path(source)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{source}.json"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+            raise FileNotFoundError(f"no mapper config {source!r} (known: {known})")
+        return cls(**{**json.loads(path.read_text()), **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (ClipCap's Transformer: pre-norm, bias-free query/key/value, ReLU MLP)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. ``normalised`` (the kNN layers): queries and keys are
+    L2-normalised and scaled by a learned temperature, so keys stored in memory stay comparable
+    with later queries."""
+
+    def __init__(self, dim: int, heads: int, normalised: bool = False):
+        super().__init__()
+        self.heads, self.head_dim, self.normalised = heads, dim // heads, normalised
+        self.to_queries = nn.Linear(dim, dim, bias=False)
+        self.to_keys_values = nn.Linear(dim, 2 * dim, bias=False)
+        self.project = nn.Linear(dim, dim)
+        if normalised:
+            self.log_scale = nn.Parameter(torch.tensor(math.log(math.sqrt(self.head_dim) * 2)))
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, E] -> q, k, v [B, H, T, d]."""
+        B, T, _ = x.shape
+        q = self.to_queries(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.to_keys_values(x).view(B, T, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.normalised:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return q, k, v
+
+    def scale(self) -> torch.Tensor | float:
+        return self.log_scale.exp() if self.normalised else self.head_dim**-0.5
+
+    def attend(self, q, k, v, key_mask: torch.Tensor) -> torch.Tensor:
+        """key_mask [B, T] (True = may be attended to) -> [B, H, T, d]."""
+        scores = (q @ k.transpose(-1, -2)) * self.scale()  # [B, H, T, T]
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1) @ v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        B, H, T, d = out.shape
+        return self.project(out.transpose(1, 2).reshape(B, T, H * d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, knn: bool = False):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, normalised=knn)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, int(dim * mlp_ratio))
+        if knn:  # per-head gate between memory (sigmoid -> 1) and local attention (-> 0)
+            self.gate = nn.Parameter(torch.zeros(heads))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, memory: Memory | None = None) -> torch.Tensor:
+        q, k, v = self.attn.split(self.norm1(x))
+        out = self.attn.attend(q, k, v, key_mask)  # [B, H, T, d]
+        if memory is not None:
+            out = memory.read_and_write(self, q, k, v, out)
+        x = x + self.attn.merge(out)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: MapperConfig, knn_layers: tuple[int, ...] = ()):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio, knn=i in knn_layers) for i in range(cfg.layers))
+
+    def forward(self, x, key_mask, memory: Memory | None = None):
+        for layer in self.layers:
+            x = layer(x, key_mask, memory if hasattr(layer, "gate") else None)
+        return x
+
+
+def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]  # [B, T]
+
+
+def time_encoding(times: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
+    """Sinusoidal encoding of absolute time [B, T] (seconds) -> [B, T, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=times.device) / half)
+    angles = times[..., None].float() * scale * freqs  # [B, T, half]
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# ClipCap's image mappers; on a clip they map the mean of its valid frames
+
+
+class ImageMapper(nn.Module):
+    def forward(self, frames: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = valid_mask(lengths, frames.shape[1])[..., None]  # [B, T, 1]
+        mean = (frames * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, D]
+        return self.map(mean)
+
+
+class MLPMapper(ImageMapper):
+    """Linear(D -> E*L/2) -> Tanh -> Linear(-> E*L)."""
+
+    def __init__(self, cfg: MapperConfig):
+        super().__init__()
+        self.cfg = cfg
+        hidden = cfg.embed_dim * cfg.prefix_length // 2
+        self.model = nn.Sequential(nn.Linear(cfg.clip_dim, hidden), nn.Tanh(),
+                                   nn.Linear(hidden, cfg.embed_dim * cfg.prefix_length))
+
+    def map(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.model(embedding).view(-1, self.cfg.prefix_length, self.cfg.embed_dim)
+
+
+class TransformerMapper(ImageMapper):
+    """Linear(D -> clip_length*E) joined with a learned constant of L*E; the output is the
+    constant's positions after a bidirectional Transformer."""
+
+    def __init__(self, cfg: MapperConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.linear = nn.Linear(cfg.clip_dim, cfg.clip_length * cfg.embed_dim)
+        self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_length, cfg.embed_dim))
+        self.transformer = Transformer(cfg)
+
+    def map(self, embedding: torch.Tensor) -> torch.Tensor:
+        B = embedding.shape[0]
+        x = self.linear(embedding).view(B, self.cfg.clip_length, self.cfg.embed_dim)
+        x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)  # [B, clip_length + L, E]
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return self.transformer(x, mask)[:, self.cfg.clip_length :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Video mappers
+
+
+class VideoTransformer(nn.Module):
+    """W frame tokens (projection + time encoding) and L learned prefix tokens through the
+    Transformer; returns the prefix tokens' outputs."""
+
+    def __init__(self, cfg: MapperConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frame_proj = nn.Linear(cfg.clip_dim, cfg.embed_dim)
+        self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_length, cfg.embed_dim))
+        self.transformer = Transformer(cfg, cfg.knn_layers)
+
+    def encode(self, frames, times, frame_mask, memory: Memory | None = None) -> torch.Tensor:
+        """frames [B, W, D], times [B, W], frame_mask [B, W] -> prefix [B, L, E]."""
+        B, W, _ = frames.shape
+        x = self.frame_proj(frames) + time_encoding(times, self.cfg.embed_dim, self.cfg.time_scale)
+        x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)  # [B, W + L, E]
+        key_mask = torch.cat([frame_mask, frame_mask.new_ones(B, self.cfg.prefix_length)], 1)
+        return self.transformer(x, key_mask, memory)[:, W:]
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...], index [B, W] -> [B, W, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
+
+
+def select_frames(lengths: torch.Tensor, window: int, policy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [B, W] of the frames a temporal mapper sees, and their mask. A clip of at most W
+    frames is seen whole."""
+    steps = torch.arange(window, device=lengths.device)[None, :]  # [1, W]
+    n = lengths[:, None]
+    if policy == "uniform":
+        spread = torch.round(steps * (n - 1).clamp(min=0) / max(window - 1, 1)).long()
+        index = torch.where(n > window, spread, steps)
+    elif policy == "last":
+        index = (n - window).clamp(min=0) + steps
+    else:
+        raise ValueError(f"unknown frame policy {policy!r}; choose uniform or last")
+    mask = steps < n
+    return index.clamp(max=(n - 1).clamp(min=0)), mask
+
+
+class TemporalMapper(VideoTransformer):
+    def forward(self, frames, times, lengths) -> torch.Tensor:
+        index, mask = select_frames(lengths, self.cfg.window, self.cfg.frame_policy)
+        return self.encode(_gather(frames, index), _gather(times, index), mask)
+
+
+class Memory:
+    """The clips' kNN memory as one chunk step sees it: which rows are active this step and
+    which of the chunk's tokens are frames to store."""
+
+    def __init__(self, store: KNNMemory, top_k: int):
+        self.store, self.top_k = store, top_k
+        self.active: list[int] = []
+        self.frame_mask: torch.Tensor | None = None  # [B, W + L]: frame tokens to store
+
+    def read_and_write(self, block: Block, q, k, v, local: torch.Tensor) -> torch.Tensor:
+        """Mix each active row's local attention output with attention over its top-k memories
+        (separate softmaxes, per-head sigmoid gate), then store the chunk's frame keys/values."""
+        rows = []
+        gate = torch.sigmoid(block.gate)[:, None, None]  # [H, 1, 1]
+        for b in range(q.shape[0]):
+            if b not in self.active or self.store.size(b) == 0:  # nothing to remember yet
+                rows.append(local[b])
+                continue
+            keys, values = self.store.retrieve(b, q[b], self.top_k)  # [H, T, k, d], detached
+            scores = torch.einsum("htd,htkd->htk", q[b], keys) * block.attn.scale()
+            remembered = torch.einsum("htk,htkd->htd", scores.softmax(-1), values)
+            rows.append(gate * remembered + (1 - gate) * local[b])
+        for b in self.active:
+            keep = self.frame_mask[b]
+            self.store.add(b, k[b][:, keep], v[b][:, keep])
+        return torch.stack(rows)
+
+
+class MemorizingMapper(VideoTransformer):
+    """Runs the whole clip in consecutive chunks of W frames, counted back from its end: the
+    final chunk is the clip's last W frames (what the ``last`` baseline sees) and the first chunk
+    may be partial. Rows are right-aligned: a clip of c chunks starts at step S - c, so every
+    clip's final chunk is the batch's final step, whose prefix outputs are returned. Padding
+    frames are masked and never stored."""
+
+    def new_memory(self, batch: int, device) -> KNNMemory:
+        cfg = self.cfg
+        return KNNMemory(batch, cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity,
+                         cfg.memory_backend, device)
+
+    def forward(self, frames, times, lengths, store: KNNMemory | None = None) -> torch.Tensor:
+        """``store``: a memory to reuse (its rows are reset: each call starts new clips)."""
+        B, T, _ = frames.shape
+        W = self.cfg.window
+        store = store or self.new_memory(B, frames.device)
+        for b in range(B):
+            store.reset(b)
+        memory = Memory(store, self.cfg.top_k)
+        chunks = ((lengths + W - 1) // W).clamp(min=1)  # [B]
+        start = lengths - chunks * W  # [B] <= 0: where the first (partial) chunk would begin
+        steps = int(chunks.max())
+        prefix = None
+        for step in range(steps):
+            chunk = step - (steps - chunks)  # [B]: this step's chunk of each clip; < 0 = not started
+            index = (start + chunk * W)[:, None] + torch.arange(W, device=frames.device)[None, :]
+            mask = (chunk[:, None] >= 0) & (index >= 0) & (index < lengths[:, None])  # [B, W]
+            index = index.clamp(min=0, max=T - 1)
+            memory.active = [b for b in range(B) if chunk[b] >= 0]
+            memory.frame_mask = torch.cat([mask, mask.new_zeros(B, self.cfg.prefix_length)], 1)
+            prefix = self.encode(_gather(frames, index) * mask[..., None], _gather(times, index) * mask, mask, memory)
+        return prefix
+
+
+MAPPERS = {"mlp": MLPMapper, "transformer": TransformerMapper, "temporal": TemporalMapper,
+           "memorizing": MemorizingMapper}
+
+
+def build_mapper(cfg: MapperConfig) -> nn.Module:
+    return MAPPERS[cfg.kind](cfg)
+
+
+def save_mapper(mapper: nn.Module, folder: Path) -> None:
+    """``config.json`` + ``model.safetensors``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(asdict(mapper.cfg), indent=2))
+    save_file({k: v.contiguous() for k, v in mapper.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+def load_mapper(folder: Path, device: str = "cpu") -> nn.Module:
+    cfg = MapperConfig(**json.loads((folder / "config.json").read_text()))
+    mapper = build_mapper(cfg)
+    mapper.load_state_dict(load_file(str(folder / "model.safetensors"), device=device))
+    return mapper.to(device)
+
+
+def load_shared(target: nn.Module, source: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``source`` whose name and shape ``target`` shares (a pretrained image
+    mapper into a video mapper); returns the names copied."""
+    own = target.state_dict()
+    shared = [name for name, value in source.items() if name in own and own[name].shape == value.shape]
+    target.load_state_dict({name: source[name] for name in shared}, strict=False)
+    return shared

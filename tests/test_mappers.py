@@ -1,0 +1,136 @@
+"""Mappers: isolation, equivalence, memory reads and eviction, gradients, save/load, ClipCap sizes."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipmemcap.knn_memory import KNNMemory
+from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared, save_mapper, select_frames
+
+TINY = dict(clip_dim=16, embed_dim=32, heads=4, layers=3, prefix_length=3, clip_length=2, window=4, top_k=4)
+
+
+def tiny(name, **overrides):
+    torch.manual_seed(0)
+    return build_mapper(MapperConfig.load(name, **{**TINY, **overrides})).eval()
+
+
+def clip(n, seed, T=None):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(T or n, 16, generator=g)
+    return frames, torch.arange(T or n).float() / 5
+
+
+def batch(clips, pad_seed=99):
+    """Clips of different lengths in one batch; padding filled with noise, which must not matter."""
+    T = max(len(f) for f, _ in clips)
+    g = torch.Generator().manual_seed(pad_seed)
+    frames, times = torch.randn(len(clips), T, 16, generator=g), torch.rand(len(clips), T, generator=g) * 100
+    for i, (f, t) in enumerate(clips):
+        frames[i, : len(f)], times[i, : len(t)] = f, t
+    return frames, times, torch.tensor([len(f) for f, _ in clips])
+
+
+@pytest.mark.parametrize("name", ["video-memorizing", "video-temporal", "clipcap-transformer", "clipcap-mlp"])
+def test_prefix_is_the_same_alone_and_in_a_batch(name):
+    mapper = tiny(name)
+    clips = [clip(n, seed) for seed, n in enumerate([13, 5, 1, 9, 16])]
+    with torch.no_grad():
+        together = mapper(*batch(clips))
+        for i, c in enumerate(clips):
+            alone = mapper(*batch([c]))
+            assert (together[i] - alone[0]).abs().max() <= 1e-5
+
+
+def test_a_row_reused_for_the_next_clip_starts_from_an_empty_memory():
+    mapper = tiny("video-memorizing")
+    first, second = batch([clip(17, 1), clip(6, 2)]), batch([clip(11, 3), clip(14, 4)])
+    store = mapper.new_memory(2, "cpu")
+    with torch.no_grad():
+        mapper(*first, store=store)
+        after = mapper(*second, store=store)
+        fresh = mapper(*second)
+    assert (after - fresh).abs().max() <= 1e-5
+
+
+def test_local_only_gate_or_one_chunk_equals_the_temporal_baseline():
+    memorizing = tiny("video-memorizing")
+    temporal = tiny("video-temporal", frame_policy="last")
+    temporal.load_state_dict(memorizing.state_dict())  # the same weights, by name
+    long, short = batch([clip(18, 5)]), batch([clip(3, 6)])
+    with torch.no_grad():
+        assert (memorizing(*short) - temporal(*short)).abs().max() <= 1e-5  # one chunk: no memory
+        assert (memorizing(*long) - temporal(*long)).abs().max() > 1e-4  # memory matters...
+        for layer in memorizing.transformer.layers:
+            if hasattr(layer, "gate"):
+                layer.gate.fill_(-1e4)  # ...unless the gate shuts it out
+        assert (memorizing(*long) - temporal(*long)).abs().max() <= 1e-5
+
+
+def test_memory_is_read_and_evicted_frames_are_forgotten():
+    frames, times = clip(24, 7)  # 6 chunks of 4
+    changed = frames.clone()
+    changed[:4] += 3.0  # only the first chunk differs
+    for capacity, should_differ in ((1000, True), (8, False)):  # 8 entries = the last two chunks
+        mapper = tiny("video-memorizing", memory_capacity=capacity)
+        with torch.no_grad():
+            a, b = mapper(*batch([(frames, times)])), mapper(*batch([(changed, times)]))
+        assert ((a - b).abs().max() > 1e-4) == should_differ, capacity
+
+
+def test_gradients_reach_every_weight_and_the_gate_but_not_the_memory():
+    mapper = tiny("video-memorizing").train()
+    store = mapper.new_memory(2, "cpu")
+    prefix = mapper(*batch([clip(15, 8), clip(7, 9)]), store=store)
+    prefix.pow(2).sum().backward()
+    for name, parameter in mapper.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    for row in store.rows:
+        assert not row.keys.requires_grad and not row.values.requires_grad and len(row) > 0
+
+
+def test_save_load_round_trip_and_pretrained_image_mapper_initialises_video_mappers(tmp_path):
+    mapper = tiny("video-memorizing")
+    save_mapper(mapper, tmp_path / "m")
+    loaded = load_mapper(tmp_path / "m")
+    inputs = batch([clip(10, 1), clip(3, 2)])
+    with torch.no_grad():
+        assert torch.equal(mapper(*inputs), loaded(*inputs))
+    image = tiny("clipcap-transformer")
+    for name in ("video-temporal", "video-memorizing"):
+        video = tiny(name)
+        untouched = video.frame_proj.weight.clone()
+        copied = load_shared(video, image.state_dict())
+        assert "prefix_const" in copied and "transformer.layers.0.attn.to_queries.weight" in copied
+        assert len(copied) == len(image.state_dict()) - 2  # all but ClipCap's linear (weight, bias)
+        own = video.state_dict()
+        for key in copied:
+            assert torch.equal(own[key], image.state_dict()[key]), key
+        assert torch.equal(video.frame_proj.weight, untouched)
+
+
+def test_default_clipcap_mappers_have_clipcaps_parameter_counts():
+    D, E, L, C, layers, hidden = 512, 768, 10, 10, 8, int(768 * 2.0)
+    mlp = D * (E * L // 2) + E * L // 2 + (E * L // 2) * (E * L) + E * L
+    layer = 2 * E + E * E + 2 * E * E + (E * E + E) + 2 * E + (E * hidden + hidden) + (hidden * E + E)
+    transformer = (D * C * E + C * E) + L * E + layers * layer
+    count = lambda name: sum(p.numel() for p in build_mapper(MapperConfig.load(name)).parameters())  # noqa: E731
+    assert count("clipcap-mlp") == mlp == 31_468_800
+    assert count("clipcap-transformer") == transformer
+
+
+def test_frame_policies_pick_the_documented_frames():
+    index, mask = select_frames(torch.tensor([20, 3]), 5, "uniform")
+    assert index[0].tolist() == [0, 5, 10, 14, 19] and mask[0].all()
+    assert index[1, :3].tolist() == [0, 1, 2] and mask[1].tolist() == [True, True, True, False, False]
+    index, mask = select_frames(torch.tensor([20, 3]), 5, "last")
+    assert index[0].tolist() == [15, 16, 17, 18, 19] and index[1, :3].tolist() == [0, 1, 2]
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(ValueError, match="unknown mapper kind 'lstm'"):
+        MapperConfig(kind="lstm")
+    with pytest.raises(FileNotFoundError, match="no mapper config 'nope'"):
+        MapperConfig.load("nope")
+    with pytest.raises(ValueError, match="smaller than one window"):
+        MapperConfig.load("video-memorizing", memory_capacity=4, window=10)
