@@ -20,30 +20,42 @@ import torch
 BACKENDS = ("torch", "faiss-flat", "faiss-hnsw")
 
 
+def _grown(buffer: torch.Tensor, size: int) -> torch.Tensor:
+    """[heads, n, dim] -> [heads, size, dim]; the new entries are not initialised."""
+    return torch.cat([buffer, buffer.new_empty(buffer.shape[0], size - buffer.shape[1], buffer.shape[2])], 1)
+
+
 class _RowMemory:
     def __init__(self, heads: int, dim: int, capacity: int, backend: str, device: torch.device):
         self.heads, self.dim, self.capacity, self.backend = heads, dim, capacity, backend
-        self.keys = torch.empty(heads, 0, dim, device=device)
-        self.values = torch.empty(heads, 0, dim, device=device)
+        # Buffers grow by doubling up to the capacity (amortised O(1) per entry), then wrap.
+        self._keys = torch.empty(heads, 0, dim, device=device)
+        self._values = torch.empty(heads, 0, dim, device=device)
         self.added = 0  # entries ever added; entry n lives in slot n % capacity
         self.indexes = None
 
     def __len__(self) -> int:
         return min(self.added, self.capacity)
 
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, : len(self)]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, : len(self)]
+
     def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys, values [heads, n <= capacity, dim], detached."""
         n = keys.shape[1]
         if n > self.capacity:
             raise ValueError(f"adding {n} entries to a memory of capacity {self.capacity}")
-        if self.keys.shape[1] < self.capacity:  # still growing
-            room = self.capacity - self.keys.shape[1]
-            self.keys = torch.cat([self.keys, keys[:, :room]], 1)
-            self.values = torch.cat([self.values, values[:, :room]], 1)
-            keys, values = keys[:, room:], values[:, room:]
-        if keys.shape[1]:
-            slots = (torch.arange(keys.shape[1]) + self.added + (n - keys.shape[1])) % self.capacity
-            self.keys[:, slots], self.values[:, slots] = keys, values
+        needed = min(self.added + n, self.capacity)
+        if needed > self._keys.shape[1]:
+            size = min(self.capacity, max(needed, 2 * self._keys.shape[1]))
+            self._keys, self._values = _grown(self._keys, size), _grown(self._values, size)
+        slots = (torch.arange(n, device=self._keys.device) + self.added) % self.capacity
+        self._keys[:, slots], self._values[:, slots] = keys, values
         self._index_add(n)
         self.added += n
 
@@ -60,7 +72,7 @@ class _RowMemory:
                 old = faiss.IDSelectorRange(max(0, self.added - self.capacity), self.added + n - self.capacity)
                 for index in self.indexes:
                     index.remove_ids(old)
-        keys = self.keys[:, torch.as_tensor(ids % self.capacity)].float().cpu().numpy()
+        keys = self._keys[:, torch.as_tensor(ids % self.capacity)].float().cpu().numpy()
         for head, index in enumerate(self.indexes):
             index.add_with_ids(np.ascontiguousarray(keys[head]), ids.astype(np.int64))
 
@@ -107,4 +119,4 @@ class KNNMemory:
         memory = self.rows[row]
         slots = memory.search(queries, k)  # [heads, q, k']
         heads = torch.arange(memory.heads, device=slots.device)[:, None, None]
-        return memory.keys[heads, slots], memory.values[heads, slots]
+        return memory.keys[heads, slots], memory.values[heads, slots]  # slots < len(memory)

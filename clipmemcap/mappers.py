@@ -51,6 +51,7 @@ class MapperConfig:
     top_k: int = 32
     memory_capacity: int = 65_536  # entries per clip; FIFO eviction beyond it
     memory_backend: str = "torch"
+    xl_cache: bool = False  # memorizing: local attention in the kNN layer also sees the previous chunk
 
     def __post_init__(self):
         object.__setattr__(self, "knn_layers", tuple(i % self.layers for i in self.knn_layers))
@@ -133,8 +134,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, memory: Memory | None = None) -> torch.Tensor:
         q, k, v = self.attn.split(self.norm1(x))
-        out = self.attn.attend(q, k, v, key_mask)  # [B, H, T, d]
-        if memory is not None:
+        if memory is None:
+            out = self.attn.attend(q, k, v, key_mask)  # [B, H, T, d]
+        else:
+            out = self.attn.attend(q, *memory.local_context(k, v, key_mask))
             out = memory.read_and_write(self, q, k, v, out)
         x = x + self.attn.merge(out)
         return x + self.mlp(self.norm2(x))
@@ -260,13 +263,22 @@ class TemporalMapper(VideoTransformer):
 
 
 class Memory:
-    """The clips' kNN memory as one chunk step sees it: which rows are active this step and
-    which of the chunk's tokens are frames to store."""
+    """The clips' kNN memory as one chunk step sees it: which rows are active this step, which of
+    the chunk's tokens are frames to store, and (with ``xl``) the previous chunk's frame keys and
+    values, which local attention also sees, detached, as in Transformer-XL."""
 
-    def __init__(self, store: KNNMemory, top_k: int):
-        self.store, self.top_k = store, top_k
+    def __init__(self, store: KNNMemory, top_k: int, window: int, xl: bool):
+        self.store, self.top_k, self.window, self.xl = store, top_k, window, xl
         self.active: list[int] = []
         self.frame_mask: torch.Tensor | None = None  # [B, W + L]: frame tokens to store
+        self.previous: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # k, v [B, H, W, d], mask [B, W]
+
+    def local_context(self, k, v, key_mask):
+        """Keys, values and key mask for local attention: this chunk, after the previous one."""
+        if not self.xl or self.previous is None:
+            return k, v, key_mask
+        pk, pv, pmask = self.previous
+        return torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pmask, key_mask], 1)
 
     def read_and_write(self, block: Block, q, k, v, local: torch.Tensor) -> torch.Tensor:
         """Mix each active row's local attention output with attention over its top-k memories
@@ -284,6 +296,9 @@ class Memory:
         for b in self.active:
             keep = self.frame_mask[b]
             self.store.add(b, k[b][:, keep], v[b][:, keep])
+        if self.xl:  # frame tokens come first: [W frames, L prefix]
+            W = self.window
+            self.previous = (k[:, :, :W].detach(), v[:, :, :W].detach(), self.frame_mask[:, :W])
         return torch.stack(rows)
 
 
@@ -306,7 +321,7 @@ class MemorizingMapper(VideoTransformer):
         store = store or self.new_memory(B, frames.device)
         for b in range(B):
             store.reset(b)
-        memory = Memory(store, self.cfg.top_k)
+        memory = Memory(store, self.cfg.top_k, W, self.cfg.xl_cache)
         chunks = ((lengths + W - 1) // W).clamp(min=1)  # [B]
         start = lengths - chunks * W  # [B] <= 0: where the first (partial) chunk would begin
         steps = int(chunks.max())

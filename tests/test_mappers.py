@@ -21,6 +21,13 @@ def clip(n, seed, T=None):
     return frames, torch.arange(T or n).float() / 5
 
 
+def shut_gates(mapper):
+    """Pin every kNN layer's gate to local attention only."""
+    for layer in mapper.transformer.layers:
+        if hasattr(layer, "gate"):
+            layer.gate.data.fill_(-1e4)
+
+
 def batch(clips, pad_seed=99):
     """Clips of different lengths in one batch; padding filled with noise, which must not matter."""
     T = max(len(f) for f, _ in clips)
@@ -31,9 +38,10 @@ def batch(clips, pad_seed=99):
     return frames, times, torch.tensor([len(f) for f, _ in clips])
 
 
-@pytest.mark.parametrize("name", ["video-memorizing", "video-temporal", "clipcap-transformer", "clipcap-mlp"])
-def test_prefix_is_the_same_alone_and_in_a_batch(name):
-    mapper = tiny(name)
+@pytest.mark.parametrize("name,options", [("video-memorizing", {}), ("video-memorizing", {"xl_cache": True}),
+                                          ("video-temporal", {}), ("clipcap-transformer", {}), ("clipcap-mlp", {})])
+def test_prefix_is_the_same_alone_and_in_a_batch(name, options):
+    mapper = tiny(name, **options)
     clips = [clip(n, seed) for seed, n in enumerate([13, 5, 1, 9, 16])]
     with torch.no_grad():
         together = mapper(*batch(clips))
@@ -61,25 +69,25 @@ def test_local_only_gate_or_one_chunk_equals_the_temporal_baseline():
     with torch.no_grad():
         assert (memorizing(*short) - temporal(*short)).abs().max() <= 1e-5  # one chunk: no memory
         assert (memorizing(*long) - temporal(*long)).abs().max() > 1e-4  # memory matters...
-        for layer in memorizing.transformer.layers:
-            if hasattr(layer, "gate"):
-                layer.gate.fill_(-1e4)  # ...unless the gate shuts it out
+        shut_gates(memorizing)  # ...unless the gate shuts it out
         assert (memorizing(*long) - temporal(*long)).abs().max() <= 1e-5
 
 
-def test_memory_is_read_and_evicted_frames_are_forgotten():
+@pytest.mark.parametrize("xl_cache", [False, True])
+def test_memory_is_read_and_evicted_frames_are_forgotten(xl_cache):
     frames, times = clip(24, 7)  # 6 chunks of 4
     changed = frames.clone()
     changed[:4] += 3.0  # only the first chunk differs
     for capacity, should_differ in ((1000, True), (8, False)):  # 8 entries = the last two chunks
-        mapper = tiny("video-memorizing", memory_capacity=capacity)
+        mapper = tiny("video-memorizing", memory_capacity=capacity, xl_cache=xl_cache)
         with torch.no_grad():
             a, b = mapper(*batch([(frames, times)])), mapper(*batch([(changed, times)]))
         assert ((a - b).abs().max() > 1e-4) == should_differ, capacity
 
 
-def test_gradients_reach_every_weight_and_the_gate_but_not_the_memory():
-    mapper = tiny("video-memorizing").train()
+@pytest.mark.parametrize("xl_cache", [False, True])
+def test_gradients_reach_every_weight_and_the_gate_but_not_the_memory(xl_cache):
+    mapper = tiny("video-memorizing", xl_cache=xl_cache).train()
     store = mapper.new_memory(2, "cpu")
     prefix = mapper(*batch([clip(15, 8), clip(7, 9)]), store=store)
     prefix.pow(2).sum().backward()
@@ -134,3 +142,16 @@ def test_bad_configs_name_the_problem():
         MapperConfig.load("nope")
     with pytest.raises(ValueError, match="smaller than one window"):
         MapperConfig.load("video-memorizing", memory_capacity=4, window=10)
+
+
+def test_xl_cache_lets_the_local_attention_see_the_previous_chunk():
+    frames, times = clip(12, 3)  # 3 chunks of 4
+    changed = frames.clone()
+    changed[4:8] += 3.0  # the chunk before the last
+    plain, xl = tiny("video-memorizing", top_k=1), tiny("video-memorizing", top_k=1, xl_cache=True)
+    xl.load_state_dict(plain.state_dict())
+    shut_gates(plain)  # memory shut: only the XL cache can carry the middle chunk
+    shut_gates(xl)
+    with torch.no_grad():
+        assert torch.equal(plain(*batch([(frames, times)])), plain(*batch([(changed, times)])))
+        assert (xl(*batch([(frames, times)])) - xl(*batch([(changed, times)]))).abs().max() > 1e-4
