@@ -87,6 +87,20 @@ class ClipConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's")
 
 
+class TrainConfig(Strict):
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(40, ge=1)
+    epochs: int = Field(10, ge=1)
+    # A fraction of all steps, not a fixed count: a short run still reaches the set lr.
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_tokens: int = Field(40, ge=1, description="caption tokens kept per sample")
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
+    device: str = "auto"
+
+
 class Config(Strict):
     storage: StorageConfig = StorageConfig()
     activitynet: ActivityNetConfig = ActivityNetConfig()

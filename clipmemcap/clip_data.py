@@ -1,0 +1,122 @@
+"""Training samples straight from the Parquet datasets, and their batches.
+
+A sample is a clip: its frames' CLIP embeddings ``[n, D]``, their times in seconds from the clip's
+start ``[n]``, and one caption. An ActivityNet clip is a segment, sliced from its video's frame
+shard by ``start <= t < end``; a COCO sample is one caption of an image, a one-frame clip at time 0.
+Only the small tables (segments, captions) are held in memory; shards are read on demand through
+a small cache, so memory does not grow with the dataset. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from clipmemcap.coco import shard_path
+from clipmemcap.shards import read_frames, read_image_shard
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: tuple  # (video_id, segment) or (image_id, caption index)
+    frames: np.ndarray  # [n, D] float32
+    times: np.ndarray  # [n] float32, seconds from the clip's start
+    caption: str
+
+
+class _ShardCache:
+    """The last few shards read, by path."""
+
+    def __init__(self, reader, size: int = 8):
+        self.reader, self.size, self.items = reader, size, OrderedDict()
+
+    def __call__(self, path: Path):
+        if path not in self.items:
+            self.items[path] = self.reader(path)
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        self.items.move_to_end(path)
+        return self.items[path]
+
+
+class ActivityNetClips:
+    def __init__(self, dataset: Path, split: str):
+        table = pq.read_table(dataset / "segments" / f"{split}.parquet")
+        self.rows = table.to_pylist()
+        self.frames_dir = dataset / "frames"
+        self.read = _ShardCache(read_frames)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        row = self.rows[i]
+        times, embeddings = self.read(self.frames_dir / f"{row['video_id']}.parquet")
+        # stored times are float32; compare in float32 so boundary frames stay where ingest put them
+        inside = (times >= np.float32(row["start"])) & (times < np.float32(row["end"]))
+        return Sample((row["video_id"], row["segment"]), embeddings[inside], times[inside] - np.float32(row["start"]),
+                      row["caption"])
+
+
+class CocoCaptions:
+    def __init__(self, dataset: Path, splits: tuple[str, ...]):
+        table = pq.read_table(dataset / "captions.parquet")
+        rows = [r for r in table.to_pylist() if r["split"] in splits]
+        self.rows = [{**row, "index": i} for i, row in enumerate(rows)]
+        self.span = json.loads((dataset / "manifest.json").read_text())["shard_span"]
+        self.images_dir = dataset / "images"
+        self.read = _ShardCache(self._read_shard)
+
+    @staticmethod
+    def _read_shard(path: Path) -> dict[int, np.ndarray]:
+        ids, embeddings = read_image_shard(path)
+        return dict(zip(ids.tolist(), embeddings))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        row = self.rows[i]
+        shard = self.read(shard_path(self.images_dir, row["image_id"] // self.span))
+        return Sample((row["image_id"], row["index"]), shard[row["image_id"]][None], np.zeros(1, np.float32),
+                      row["caption"])
+
+
+@dataclass
+class Batch:
+    keys: list[tuple]
+    frames: torch.Tensor  # [B, T, D]
+    times: torch.Tensor  # [B, T]
+    lengths: torch.Tensor  # [B]
+    tokens: torch.Tensor  # [B, S]
+    token_mask: torch.Tensor  # [B, S]
+
+
+def collate(samples: list[Sample], tokenizer, max_tokens: int) -> Batch:
+    """Pad clips and captions of one batch; captions are cut at ``max_tokens`` tokens."""
+    T = max(len(s.frames) for s in samples)
+    D = samples[0].frames.shape[1]
+    frames, times = np.zeros((len(samples), T, D), np.float32), np.zeros((len(samples), T), np.float32)
+    for i, s in enumerate(samples):
+        frames[i, : len(s.frames)], times[i, : len(s.times)] = s.frames, s.times
+    ids = [tokenizer(s.caption)["input_ids"][:max_tokens] for s in samples]
+    S = max(1, max(map(len, ids)))
+    tokens = torch.zeros(len(samples), S, dtype=torch.long)
+    mask = torch.zeros(len(samples), S, dtype=torch.long)
+    for i, seq in enumerate(ids):
+        tokens[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq, dtype=torch.long), 1
+    return Batch([s.key for s in samples], torch.from_numpy(frames), torch.from_numpy(times),
+                 torch.tensor([len(s.frames) for s in samples]), tokens, mask)
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch), so a resumed run
+    sees exactly the batches an uninterrupted one would."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()

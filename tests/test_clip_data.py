@@ -1,0 +1,54 @@
+"""Samples read straight from Parquet datasets written by the same writers the flows use."""
+
+import json
+
+import numpy as np
+
+from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate, epoch_order
+from clipmemcap.coco import shard_path
+from clipmemcap.prefix_lm import load_tokenizer
+from clipmemcap.shards import write_captions, write_frame_shard, write_image_shard, write_segments
+from conftest import ASSETS
+
+
+def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
+    times = np.arange(50, dtype=np.float32) / np.float32(5)  # 10 s at 5 fps
+    embeddings = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    write_frame_shard(tmp_path / "frames" / "v_aaaaaaaaaaa.parquet", "v_aaaaaaaaaaa", times, embeddings, "float32")
+    write_segments(tmp_path / "segments" / "train.parquet", [
+        {"video_id": "v_aaaaaaaaaaa", "segment": 0, "start": 1.0, "end": 3.3, "caption": "a", "split": "train"},
+        {"video_id": "v_aaaaaaaaaaa", "segment": 1, "start": 2.1, "end": 10.0, "caption": "b", "split": "train"}])
+    clips = ActivityNetClips(tmp_path, "train")
+    first, second = clips[0], clips[1]
+    assert first.key == ("v_aaaaaaaaaaa", 0) and len(first.frames) == 12  # t = 1.0 ... 3.2
+    np.testing.assert_array_equal(first.frames, embeddings[5:17])
+    np.testing.assert_allclose(first.times, np.arange(12) / 5, atol=1e-6)  # from the clip's start
+    assert len(second.frames) == 39 and second.times[0] == np.float32(2.2) - np.float32(2.1)
+
+
+def test_coco_sample_is_a_one_frame_clip_per_caption(tmp_path):
+    ids = np.array([3, 12_007, 15])
+    embeddings = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    for shard in (0, 1):
+        keep = ids // 10_000 == shard
+        write_image_shard(shard_path(tmp_path / "images", shard), ids[keep], embeddings[keep], "float16")
+    write_captions(tmp_path / "captions.parquet", [
+        {"image_id": 12_007, "caption": "x", "split": "train"}, {"image_id": 3, "caption": "y", "split": "test"},
+        {"image_id": 15, "caption": "z", "split": "restval"}, {"image_id": 12_007, "caption": "w", "split": "train"}])
+    (tmp_path / "manifest.json").write_text(json.dumps({"shard_span": 10_000}))
+    data = CocoCaptions(tmp_path, ("train", "restval"))
+    assert len(data) == 3 and [data[i].caption for i in range(3)] == ["x", "z", "w"]
+    np.testing.assert_allclose(data[0].frames[0], embeddings[1], atol=1e-2)  # stored as float16
+    assert data[0].frames.shape == (1, 8) and data[0].times.tolist() == [0.0]
+
+
+def test_collate_pads_clips_and_captions_and_order_is_seeded(tmp_path):
+    from clipmemcap.clip_data import Sample
+
+    tokenizer = load_tokenizer(ASSETS / "gpt2-tokenizer")
+    batch = collate([Sample(("a", 0), np.ones((3, 4), np.float32), np.arange(3, dtype=np.float32), "a red circle"),
+                     Sample(("b", 0), np.ones((1, 4), np.float32), np.zeros(1, np.float32), "one two three four five")],
+                    tokenizer, max_tokens=4)
+    assert batch.frames.shape == (2, 3, 4) and batch.lengths.tolist() == [3, 1]
+    assert batch.tokens.shape == (2, 4) and batch.token_mask.sum(1).tolist() == [3, 4]
+    assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)

@@ -1,0 +1,83 @@
+"""Training loop: resume after a kill, warm-up, best-epoch selection, dvclive logs."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config
+
+from clipmemcap.clip_data import Sample
+from clipmemcap.config import TrainConfig
+from clipmemcap.mappers import MapperConfig, build_mapper
+from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.train import CaptionModel, train
+from conftest import ASSETS
+
+TOKENIZER = load_tokenizer(ASSETS / "gpt2-tokenizer")
+WORDS = ["red", "green", "blue", "circle", "square", "then", "a", "slowly"]
+
+
+def clips(n, seed):
+    """In-memory clips of 1-8 frames with short captions (the Parquet readers have their own tests)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(1, 9))
+        out.append(Sample(("v", i), rng.standard_normal((length, 16)).astype(np.float32),
+                          np.arange(length, dtype=np.float32) / 5, " ".join(rng.choice(WORDS, 4))))
+    return out
+
+
+def model(seed=0, frozen=False):
+    torch.manual_seed(seed)
+    mapper = build_mapper(MapperConfig.load("video-memorizing", clip_dim=16, embed_dim=32, heads=4, layers=2,
+                                            prefix_length=3, window=4, top_k=4))
+    gpt2 = load_gpt2(GPT2Config(vocab_size=len(TOKENIZER), n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    return CaptionModel(mapper, PrefixLM(gpt2, TOKENIZER.eos_token_id, frozen=frozen))
+
+
+CFG = TrainConfig(lr=1e-3, batch_size=4, epochs=2, warmup_fraction=0.3, checkpoint_every=2, device="cpu")
+
+
+def weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    train_data, val_data = clips(12, 1), clips(4, 2)
+    straight = model()
+    best = train(straight, train_data, val_data, TOKENIZER, CFG, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step):  # after the checkpoint at step 4, before the next one
+        if step == 5:
+            raise Killed
+
+    interrupted = model()
+    with pytest.raises(Killed):
+        train(interrupted, train_data, val_data, TOKENIZER, CFG, tmp_path / "resumed", on_step=kill_at_5)
+    resumed = model(seed=123)  # a fresh process would start from other random weights
+    best_resumed = train(resumed, train_data, val_data, TOKENIZER, CFG, tmp_path / "resumed")
+    for key, value in weights(straight).items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert best == best_resumed and best["epoch"] in (0, 1)
+    assert (tmp_path / "resumed" / "best" / "mapper" / "model.safetensors").exists()
+
+
+def test_warm_up_reaches_the_set_learning_rate_and_dvclive_logs_it(tmp_path):
+    train(model(), clips(8, 3), clips(4, 4), TOKENIZER, CFG.model_copy(update={"checkpoint_every": 100}), tmp_path)
+    with open(tmp_path / "dvclive" / "plots" / "metrics" / "train" / "lr.tsv") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle, delimiter="\t")]
+    assert len(lrs) == 4 and max(lrs) == pytest.approx(CFG.lr)  # 4 steps, warm-up of round(0.3*4) = 1
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_frozen_gpt2_is_not_trained_or_saved(tmp_path):
+    frozen = model(frozen=True)
+    before = {k: v.clone() for k, v in frozen.lm.gpt2.state_dict().items()}
+    train(frozen, clips(8, 5), clips(4, 6), TOKENIZER, CFG, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in frozen.lm.gpt2.state_dict().items())
+    assert not (tmp_path / "last" / "gpt2").exists()
