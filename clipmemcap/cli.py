@@ -35,6 +35,13 @@ def cmd_ingest(args) -> None:
     print(json.dumps(manifest["counts"], indent=2))
 
 
+def cmd_stage(args) -> None:
+    from clipmemcap import pipeline
+
+    result = getattr(pipeline, args.command)(_config(args))
+    print(json.dumps(result, indent=2))
+
+
 def cmd_synth_coco(args) -> None:
     from clipmemcap.synthetic import make_coco_source
 
@@ -53,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_settings(sub.add_parser("config", help="print the resolved settings")).set_defaults(func=cmd_config)
+    for stage, text in (("pretrain", "pre-train the image mapper (and GPT-2) on COCO"),
+                        ("finetune", "fine-tune on ActivityNet, starting from the pre-trained weights"),
+                        ("evaluate", "caption the test clips and score them")):
+        with_settings(sub.add_parser(stage, help=text)).set_defaults(func=cmd_stage)
     ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
     ingest.add_argument("dataset", choices=["activitynet", "coco"])
     ingest.set_defaults(func=cmd_ingest)

@@ -101,12 +101,47 @@ class TrainConfig(Strict):
     device: str = "auto"
 
 
+class ModelConfig(Strict):
+    lm: str = Field("gpt2", description="GPT-2 hub name, local folder, or a GPT2Config JSON (random weights)")
+    tokenizer: str = Field("gpt2", description="hub name or a folder with vocab.json and merges.txt")
+    finetune_lm: bool = True  # false: GPT-2 frozen, only the mapper trains
+
+
+class StageTrainConfig(Strict):
+    mapper: str = Field(description="a config in clipmemcap/model_configs or a JSON path")
+    # Field overrides, e.g. {frame_policy: last}; clip_dim and embed_dim always come from the data
+    # and from GPT-2.
+    mapper_overrides: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+
+class PretrainConfig(StageTrainConfig):
+    mapper: str = "clipcap-transformer"
+    train_splits: tuple[str, ...] = ("train", "restval")
+    val_splits: tuple[str, ...] = ("val",)
+
+
+class FinetuneConfig(StageTrainConfig):
+    mapper: str = "video-memorizing"
+
+
+class EvaluateConfig(Strict):
+    beam: int = Field(5, ge=1)
+    max_tokens: int = Field(67, ge=1)
+    batch_size: int = Field(32, ge=1)
+    stop_at_period: bool = True  # stop at "." as well as at end-of-text, as ClipCap does
+
+
 class Config(Strict):
     storage: StorageConfig = StorageConfig()
     activitynet: ActivityNetConfig = ActivityNetConfig()
     coco: CocoConfig = CocoConfig()
     decode: DecodeConfig = DecodeConfig()
     clip: ClipConfig = ClipConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

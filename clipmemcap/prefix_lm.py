@@ -34,9 +34,12 @@ def load_tokenizer(source: str | Path) -> GPT2TokenizerFast:
 
 
 def load_gpt2(source: str | Path | GPT2Config) -> GPT2LMHeadModel:
-    """Pretrained weights by hub name or local folder, or random weights from a GPT2Config."""
+    """Pretrained weights by hub name or local folder; random weights from a GPT2Config or the
+    path of one saved as JSON."""
     if isinstance(source, GPT2Config):
         return GPT2LMHeadModel(source)
+    if str(source).endswith(".json"):
+        return GPT2LMHeadModel(GPT2Config.from_json_file(str(source)))
     return GPT2LMHeadModel.from_pretrained(str(source))
 
 

@@ -7,7 +7,7 @@ each epoch, the best epoch kept. ``out/`` holds:
     last/     mapper (config.json + model.safetensors), GPT-2 if trained, state.pt (optimizer,
               scheduler, step, RNG; loaded with ``weights_only=True``)
     best/     the same weights at the best validation loss, and ``metrics.json``
-    dvclive/  losses and learning rate per step, for ``dvc plots``
+    dvclive/  losses and learning rate per step, for ``dvc plots`` (or ``live_dir``)
 
 A run killed at any moment restarts from ``last/`` at the step it had reached (the batches it
 skips are the ones it had already trained on) and ends with the same weights.
@@ -16,6 +16,7 @@ skips are the ones it had already trained on) and ends with the same weights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from clipmemcap.clip_encoder import resolve_device
 from clipmemcap.config import TrainConfig
 from clipmemcap.mappers import load_mapper, save_mapper
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2
+
+log = logging.getLogger(__name__)
 
 
 class CaptionModel(nn.Module):
@@ -91,8 +94,13 @@ def _to(batch: Batch, device) -> Batch:
 
 
 def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig, out: Path,
-          on_step: Callable[[int], None] | None = None) -> dict:
-    """Train (or resume) into ``out``; returns the best epoch's metrics."""
+          live_dir: Path | None = None, on_step: Callable[[int], None] | None = None,
+          fingerprint: dict | None = None) -> dict:
+    """Train (or resume) into ``out``, logging to ``live_dir`` (default ``out/dvclive``);
+    returns the best epoch's metrics. ``fingerprint`` (JSON-able: model and data settings) is
+    stored with the checkpoint; a checkpoint with another fingerprint is discarded, not resumed."""
+    live_dir = live_dir or out / "dvclive"
+    fingerprint = json.dumps({"train": cfg.model_dump(mode="json"), **(fingerprint or {})}, sort_keys=True)
     device = resolve_device(cfg.device)
     model.to(device).train()
     torch.manual_seed(cfg.seed)
@@ -102,20 +110,28 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
     total = per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, max(1, round(cfg.warmup_fraction * total))))
     step, best = 0, {"val_loss": float("inf"), "epoch": -1}
-    if (out / "last" / "state.pt").exists():
-        state = torch.load(out / "last" / "state.pt", weights_only=True)
+    state = torch.load(out / "last" / "state.pt", weights_only=True) if (out / "last" / "state.pt").exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log.warning("%s holds a run of other settings: starting afresh", out)
+        state = None
+    if state is None:  # nothing of an earlier run may leak into this one
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(live_dir, ignore_errors=True)
+    else:
         load_weights(model, out / "last")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step, best = state["step"], json.loads(state["best"])
-    live = Live(str(out / "dvclive"), resume=step > 0, save_dvc_exp=False)
+    # dvcyaml=False: the stages declare their plots; dvclive must not edit dvc.yaml itself
+    live = Live(str(live_dir), resume=step > 0, save_dvc_exp=False, dvcyaml=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def checkpoint() -> None:
         save_weights(model, out / "last.next")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "rng": torch.get_rng_state(), "best": json.dumps(best)}, out / "last.next" / "state.pt")
+                    "rng": torch.get_rng_state(), "best": json.dumps(best), "fingerprint": fingerprint},
+                   out / "last.next" / "state.pt")
         shutil.rmtree(out / "last", ignore_errors=True)
         (out / "last.next").rename(out / "last")
 

@@ -81,3 +81,23 @@ def test_frozen_gpt2_is_not_trained_or_saved(tmp_path):
     train(frozen, clips(8, 5), clips(4, 6), TOKENIZER, CFG, tmp_path)
     assert all(torch.equal(before[k], v) for k, v in frozen.lm.gpt2.state_dict().items())
     assert not (tmp_path / "last" / "gpt2").exists()
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    data = clips(8, 7)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step):
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(model(), data, data, TOKENIZER, CFG, tmp_path, on_step=stop_at_3, fingerprint={"mapper": "a"})
+    other = model()
+    train(other, data, data, TOKENIZER, CFG, tmp_path, fingerprint={"mapper": "b"})  # must start at step 0
+    fresh = model()
+    train(fresh, data, data, TOKENIZER, CFG, tmp_path / "fresh", fingerprint={"mapper": "b"})
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key

@@ -1,0 +1,119 @@
+"""The experiment's model stages, as the DVC stages call them: pretrain -> finetune -> evaluate.
+
+    storage/models/pretrain/   COCO pre-training (train() output: best/, last/)
+    storage/models/finetune/   ActivityNet fine-tuning, started from pretrain's best weights
+    storage/evaluation/        predictions per test clip, and in the dense-captioning format
+    metrics/evaluation.json    the metrics (DVC metrics; both experiments write this same path)
+    reports/<stage>/           dvclive logs (DVC plots)
+
+``clip_dim`` and ``embed_dim`` of a mapper always come from the data (the CLIP embedding size in
+the dataset's manifest) and from GPT-2, whatever its config file says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from clipmemcap.atomic import write_json
+from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate
+from clipmemcap.config import Config, StageTrainConfig
+from clipmemcap.decoding import beam_search, captions
+from clipmemcap.evaluation import caption_metrics, dense_captioning_results
+from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared
+from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.train import CaptionModel, load_weights, train
+
+log = logging.getLogger(__name__)
+METRICS = Path("metrics/evaluation.json")
+
+
+def models_dir(cfg: Config) -> Path:
+    return cfg.storage.root / "models"
+
+
+def _clip_dim(dataset: Path) -> int:
+    return json.loads((dataset / "manifest.json").read_text())["clip"]["embed_dim"]
+
+
+def _model(cfg: Config, stage: StageTrainConfig, dataset: Path, gpt2_source) -> CaptionModel:
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    gpt2 = load_gpt2(gpt2_source)
+    mapper_cfg = MapperConfig.load(stage.mapper, **{**stage.mapper_overrides, "clip_dim": _clip_dim(dataset),
+                                                    "embed_dim": gpt2.config.n_embd})
+    torch.manual_seed(stage.train.seed)
+    return CaptionModel(build_mapper(mapper_cfg), PrefixLM(gpt2, tokenizer.eos_token_id, frozen=not cfg.model.finetune_lm))
+
+
+def _fingerprint(cfg: Config, model: CaptionModel, dataset: Path) -> dict:
+    """What a checkpoint must match to be resumed."""
+    return {"mapper": asdict(model.mapper.cfg), "model": cfg.model.model_dump(mode="json"),
+            "data": json.loads((dataset / "manifest.json").read_text())["counts"]}
+
+
+def pretrain(cfg: Config) -> dict:
+    dataset = cfg.storage.root / "coco"
+    model = _model(cfg, cfg.pretrain, dataset, cfg.model.lm)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    return train(model, CocoCaptions(dataset, cfg.pretrain.train_splits), CocoCaptions(dataset, cfg.pretrain.val_splits),
+                 tokenizer, cfg.pretrain.train, models_dir(cfg) / "pretrain", live_dir=Path("reports/pretrain"),
+                 fingerprint=_fingerprint(cfg, model, dataset))
+
+
+def initial_finetune_model(cfg: Config) -> tuple[CaptionModel, list[str]]:
+    """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
+    there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
+    pretrained = models_dir(cfg) / "pretrain" / "best"
+    if not (pretrained / "mapper").exists():
+        raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
+    gpt2_source = pretrained / "gpt2" if (pretrained / "gpt2").exists() else cfg.model.lm
+    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", gpt2_source)
+    copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
+    if not copied:
+        raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {cfg.finetune.mapper}")
+    log.info("initialised %d mapper tensors from %s", len(copied), pretrained)
+    return model, copied
+
+
+def finetune(cfg: Config) -> dict:
+    dataset = cfg.storage.root / "activitynet"
+    model, _ = initial_finetune_model(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    return train(model, ActivityNetClips(dataset, "train"), ActivityNetClips(dataset, "val"), tokenizer,
+                 cfg.finetune.train, models_dir(cfg) / "finetune", live_dir=Path("reports/finetune"),
+                 fingerprint=_fingerprint(cfg, model, dataset))
+
+
+def evaluate(cfg: Config) -> dict:
+    """Decode every test clip with the fine-tuned model's best weights; write predictions and metrics."""
+    dataset, trained = cfg.storage.root / "activitynet", models_dir(cfg) / "finetune" / "best"
+    model, _ = initial_finetune_model(cfg)
+    load_weights(model, trained)
+    model.eval()
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    stop_ids = tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()
+    clips = ActivityNetClips(dataset, "test")
+    rows = []
+    for first in range(0, len(clips), cfg.evaluate.batch_size):
+        indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
+        batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
+        with torch.inference_mode():
+            prefix = model.mapper(batch.frames, batch.times, batch.lengths)
+        texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stop_ids))
+        for i, text in zip(indices, texts):
+            segment = clips.rows[i]
+            rows.append({"video_id": segment["video_id"], "segment": segment["segment"], "start": segment["start"],
+                         "end": segment["end"], "prediction": text, "reference": segment["caption"]})
+    metrics = caption_metrics({(r["video_id"], r["segment"]): r["prediction"] for r in rows},
+                              {(r["video_id"], r["segment"]): [r["reference"]] for r in rows})
+    metrics = {**metrics, "clips": len(rows)}
+    out = cfg.storage.root / "evaluation"
+    write_json(out / "predictions.json", rows)
+    write_json(out / "dense_captions.json",
+               dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))
+    write_json(METRICS, metrics)
+    return metrics
