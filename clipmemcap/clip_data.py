@@ -1,16 +1,20 @@
 """Training samples straight from the Parquet datasets, and their batches.
 
 A sample is a clip: its frames' CLIP embeddings ``[n, D]``, their times in seconds from the clip's
-start ``[n]``, and one caption. An ActivityNet clip is a segment, sliced from its video's frame
-shard by ``start <= t < end``; a COCO sample is one caption of an image, a one-frame clip at time 0.
-Only the small tables (segments, captions) are held in memory; shards are read on demand through
-a small cache, so memory does not grow with the dataset. Nothing is pickled.
+start ``[n]``, and one caption. An ActivityNet clip is a segment: the frames of its video's shard
+with ``start <= t < end`` (only the row groups holding them are decoded); a COCO sample is one
+caption of an image, a one-frame clip at time 0. Only the small tables (segments, captions) are
+held in memory; shards are read on demand (COCO's through a small cache), so memory does not grow
+with the dataset. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
+from queue import Queue
+from threading import Thread
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +54,15 @@ class ActivityNetClips:
         table = pq.read_table(dataset / "segments" / f"{split}.parquet")
         self.rows = table.to_pylist()
         self.frames_dir = dataset / "frames"
-        self.read = _ShardCache(read_frames)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Sample:
         row = self.rows[i]
-        times, embeddings = self.read(self.frames_dir / f"{row['video_id']}.parquet")
-        # stored times are float32; compare in float32 so boundary frames stay where ingest put them
-        inside = (times >= np.float32(row["start"])) & (times < np.float32(row["end"]))
-        return Sample((row["video_id"], row["segment"]), embeddings[inside], times[inside] - np.float32(row["start"]),
-                      row["caption"])
+        # stored times are float32 and compared as such, so boundary frames stay where ingest put them
+        times, embeddings = read_frames(self.frames_dir / f"{row['video_id']}.parquet", row["start"], row["end"])
+        return Sample((row["video_id"], row["segment"]), embeddings, times - np.float32(row["start"]), row["caption"])
 
 
 class CocoCaptions:
@@ -105,7 +106,7 @@ def collate(samples: list[Sample], tokenizer, max_tokens: int) -> Batch:
     frames, times = np.zeros((len(samples), T, D), np.float32), np.zeros((len(samples), T), np.float32)
     for i, s in enumerate(samples):
         frames[i, : len(s.frames)], times[i, : len(s.times)] = s.frames, s.times
-    ids = [tokenizer(s.caption)["input_ids"][:max_tokens] for s in samples]
+    ids = [seq[:max_tokens] for seq in tokenizer([s.caption for s in samples])["input_ids"]]
     S = max(1, max(map(len, ids)))
     tokens = torch.zeros(len(samples), S, dtype=torch.long)
     mask = torch.zeros(len(samples), S, dtype=torch.long)
@@ -120,3 +121,24 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     sees exactly the batches an uninterrupted one would."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(size, generator=generator).tolist()
+
+
+def prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced on a background thread, up to ``depth`` ahead, so that reading and
+    collating the next batches overlaps the training step (Parquet decoding releases the GIL)."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            queue.put(err)
+        queue.put(done)
+
+    Thread(target=produce, daemon=True, name="prefetch").start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item

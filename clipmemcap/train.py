@@ -28,7 +28,7 @@ from dvclive import Live
 from tqdm import tqdm
 
 from clipmemcap.atomic import write_json
-from clipmemcap.clip_data import Batch, collate, epoch_order
+from clipmemcap.clip_data import Batch, collate, epoch_order, prefetch
 from clipmemcap.clip_encoder import resolve_device
 from clipmemcap.config import TrainConfig
 from clipmemcap.mappers import load_mapper, save_mapper
@@ -135,12 +135,17 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
         shutil.rmtree(out / "last", ignore_errors=True)
         (out / "last.next").rename(out / "last")
 
+    def batches(first: int):
+        """The batches of steps first, first + 1, ...: each epoch in its seeded order."""
+        for epoch in range(first // per_epoch, cfg.epochs):
+            order = epoch_order(len(train_data), cfg.seed, epoch)
+            for index in range(first - epoch * per_epoch if epoch == first // per_epoch else 0, per_epoch):
+                chosen = order[index * cfg.batch_size : (index + 1) * cfg.batch_size]
+                yield collate([train_data[i] for i in chosen], tokenizer, cfg.max_tokens)
+
     progress = tqdm(total=total, initial=step, desc="train", unit="step")
-    while step < total:
-        epoch, index = divmod(step, per_epoch)
-        order = epoch_order(len(train_data), cfg.seed, epoch)
-        batch = _to(collate([train_data[i] for i in order[index * cfg.batch_size : (index + 1) * cfg.batch_size]],
-                            tokenizer, cfg.max_tokens), device)
+    for batch in prefetch(batches(step)):
+        batch = _to(batch, device)
         with autocast:
             loss = model(batch)
         optimizer.zero_grad(set_to_none=True)

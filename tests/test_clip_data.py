@@ -12,18 +12,19 @@ from conftest import ASSETS
 
 
 def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
-    times = np.arange(50, dtype=np.float32) / np.float32(5)  # 10 s at 5 fps
-    embeddings = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    times = np.arange(130, dtype=np.float32) / np.float32(5)  # 26 s at 5 fps: three row groups
+    embeddings = np.random.default_rng(0).standard_normal((130, 8)).astype(np.float32)
     write_frame_shard(tmp_path / "frames" / "v_aaaaaaaaaaa.parquet", "v_aaaaaaaaaaa", times, embeddings, "float32")
     write_segments(tmp_path / "segments" / "train.parquet", [
         {"video_id": "v_aaaaaaaaaaa", "segment": 0, "start": 1.0, "end": 3.3, "caption": "a", "split": "train"},
-        {"video_id": "v_aaaaaaaaaaa", "segment": 1, "start": 2.1, "end": 10.0, "caption": "b", "split": "train"}])
+        {"video_id": "v_aaaaaaaaaaa", "segment": 1, "start": 2.1, "end": 24.0, "caption": "b", "split": "train"}])
     clips = ActivityNetClips(tmp_path, "train")
     first, second = clips[0], clips[1]
     assert first.key == ("v_aaaaaaaaaaa", 0) and len(first.frames) == 12  # t = 1.0 ... 3.2
     np.testing.assert_array_equal(first.frames, embeddings[5:17])
     np.testing.assert_allclose(first.times, np.arange(12) / 5, atol=1e-6)  # from the clip's start
-    assert len(second.frames) == 39 and second.times[0] == np.float32(2.2) - np.float32(2.1)
+    assert len(second.frames) == 109 and second.times[0] == np.float32(2.2) - np.float32(2.1)
+    np.testing.assert_array_equal(second.frames, embeddings[11:120])  # across row-group boundaries
 
 
 def test_coco_sample_is_a_one_frame_clip_per_caption(tmp_path):

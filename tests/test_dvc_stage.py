@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import open_clip
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from clipmemcap.config import apply_overrides, load_config
+from clipmemcap.prefix_lm import load_gpt2
 from clipmemcap.synthetic import make_coco_source, make_source
 from conftest import ASSETS, ROOT, ingest_overrides
 
@@ -31,7 +34,7 @@ def commit(repo, message):
 
 
 TINY_MODELS = [
-    f"model.lm={ASSETS / 'tiny-gpt2.json'}", f"model.tokenizer={ASSETS / 'gpt2-tokenizer'}",
+    f"model.tokenizer={ASSETS / 'gpt2-tokenizer'}",
     "pretrain.mapper_overrides={layers: 2, heads: 4, clip_length: 2, prefix_length: 3}",
     "pretrain.train.batch_size=4", "pretrain.train.epochs=1", "pretrain.train.device=cpu", "pretrain.train.lr=0.001",
     "pretrain.train_splits=[train, restval]", "pretrain.val_splits=[val, test]",
@@ -53,8 +56,14 @@ def test_the_whole_dag_then_baseline_and_memorizing_experiments(tmp_path, http_s
     for folder in ("clipmemcap", "flows"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     coco = make_coco_source(tmp_path / "coco", n_images=8)
+    # Pretrained weights cannot be downloaded here: the stages load real weights from disk, as a
+    # user's would, saved by this test from the tiny configs.
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("TinyViT", pretrained=None).state_dict(), tmp_path / "clip.pt")
+    load_gpt2(ASSETS / "tiny-gpt2.json").save_pretrained(tmp_path / "gpt2")
     settings = ingest_overrides(http_server.url, Path("storage"), train=4, test=2, val_fraction=0.25) + [
-        f"coco.captions_url={coco.captions_path}", f"coco.images_dir={coco.images_root}"] + TINY_MODELS
+        f"coco.captions_url={coco.captions_path}", f"coco.images_dir={coco.images_root}",
+        f"clip.pretrained={tmp_path / 'clip.pt'}", f"model.lm={tmp_path / 'gpt2'}"] + TINY_MODELS
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     load_config(repo / "params.yaml")  # still valid settings
