@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+import clipmemcap.clip_encoder  # noqa: F401  (registers the TinyViT config with open_clip)
 from clipmemcap.config import apply_overrides, load_config
 from clipmemcap.prefix_lm import load_gpt2
 from clipmemcap.synthetic import make_coco_source, make_source
@@ -80,6 +81,9 @@ def test_the_whole_dag_then_baseline_and_memorizing_experiments(tmp_path, http_s
     predictions = json.loads((repo / "storage" / "evaluation" / "predictions.json").read_text())
     assert metrics["clips"] == len(predictions) == len(pq.read_table(out / "segments" / "test.parquet"))
     assert (repo / "reports" / "finetune" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+    plots = run(["dvc", "plots", "show", "--json"], repo)  # the curves dvclive logged, drawn by DVC
+    for name in ("reports/pretrain/plots/metrics/train/loss.tsv", "reports/finetune/plots/metrics/train/lr.tsv"):
+        assert name in plots
     assert run(["dvc", "repro"], repo).count("didn't change") == 5  # everything cached
 
     # the comparison, as the README gives it
