@@ -85,6 +85,11 @@ def test_the_whole_dag_then_baseline_and_memorizing_experiments(tmp_path, http_s
     for name in ("reports/pretrain/plots/metrics/train/loss.tsv", "reports/finetune/plots/metrics/train/lr.tsv"):
         assert name in plots
     assert run(["dvc", "repro"], repo).count("didn't change") == 5  # everything cached
+    changed = apply_overrides(yaml.safe_load((repo / "params.yaml").read_text()), ["evaluate.beam=1"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    status = run(["dvc", "status"], repo)
+    assert "evaluate" in status and not any(s in status for s in ("activitynet", "coco", "pretrain", "finetune"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))  # back to what ran
 
     # the comparison, as the README gives it
     commit(repo, "first run")
