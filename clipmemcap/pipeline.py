@@ -26,7 +26,7 @@ from clipmemcap.decoding import beam_search, captions
 from clipmemcap.evaluation import caption_metrics, dense_captioning_results
 from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
-from clipmemcap.train import CaptionModel, load_weights, train
+from clipmemcap.train import CaptionModel, train
 
 log = logging.getLogger(__name__)
 METRICS = Path("metrics/evaluation.json")
@@ -64,14 +64,18 @@ def pretrain(cfg: Config) -> dict:
                  fingerprint=_fingerprint(cfg, model, dataset))
 
 
+def _gpt2_source(cfg: Config, trained: Path):
+    """GPT-2 as ``trained`` left it when it was trained there, else the configured one."""
+    return trained / "gpt2" if (trained / "gpt2").exists() else cfg.model.lm
+
+
 def initial_finetune_model(cfg: Config) -> tuple[CaptionModel, list[str]]:
     """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
     there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
     pretrained = models_dir(cfg) / "pretrain" / "best"
     if not (pretrained / "mapper").exists():
         raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
-    gpt2_source = pretrained / "gpt2" if (pretrained / "gpt2").exists() else cfg.model.lm
-    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", gpt2_source)
+    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", _gpt2_source(cfg, pretrained))
     copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
     if not copied:
         raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {cfg.finetune.mapper}")
@@ -91,10 +95,12 @@ def finetune(cfg: Config) -> dict:
 def evaluate(cfg: Config) -> dict:
     """Decode every test clip with the fine-tuned model's best weights; write predictions and metrics."""
     dataset, trained = cfg.storage.root / "activitynet", models_dir(cfg) / "finetune" / "best"
-    model, _ = initial_finetune_model(cfg)
-    load_weights(model, trained)
-    model.eval()
+    if not (trained / "mapper").exists():
+        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage first")
     tokenizer = load_tokenizer(cfg.model.tokenizer)
+    # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
+    gpt2_source = trained / "gpt2" if (trained / "gpt2").exists() else _gpt2_source(cfg, models_dir(cfg) / "pretrain" / "best")
+    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(gpt2_source), tokenizer.eos_token_id)).eval()
     stop_ids = tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()
     clips = ActivityNetClips(dataset, "test")
     rows = []
