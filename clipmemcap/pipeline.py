@@ -21,6 +21,7 @@ import torch
 
 from clipmemcap.atomic import write_json
 from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate
+from clipmemcap.clip_encoder import resolve_device
 from clipmemcap.config import Config, StageTrainConfig
 from clipmemcap.decoding import beam_search, captions
 from clipmemcap.evaluation import caption_metrics, dense_captioning_results
@@ -100,7 +101,9 @@ def evaluate(cfg: Config) -> dict:
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
     gpt2_source = trained / "gpt2" if (trained / "gpt2").exists() else _gpt2_source(cfg, models_dir(cfg) / "pretrain" / "best")
-    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(gpt2_source), tokenizer.eos_token_id)).eval()
+    device = resolve_device(cfg.finetune.train.device)
+    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(gpt2_source), tokenizer.eos_token_id))
+    model = model.to(device).eval()
     stop_ids = tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()
     clips = ActivityNetClips(dataset, "test")
     rows = []
@@ -108,7 +111,7 @@ def evaluate(cfg: Config) -> dict:
         indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
         batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
         with torch.inference_mode():
-            prefix = model.mapper(batch.frames, batch.times, batch.lengths)
+            prefix = model.mapper(batch.frames.to(device), batch.times.to(device), batch.lengths.to(device))
         texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stop_ids))
         for i, text in zip(indices, texts):
             segment = clips.rows[i]
