@@ -11,11 +11,11 @@ with the dataset. Nothing is pickled.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Iterator
 from queue import Queue
 from threading import Thread
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +32,6 @@ class Sample:
     frames: np.ndarray  # [n, D] float32
     times: np.ndarray  # [n] float32, seconds from the clip's start
     caption: str
-
-
-class _ShardCache:
-    """The last few shards read, by path."""
-
-    def __init__(self, reader, size: int = 8):
-        self.reader, self.size, self.items = reader, size, OrderedDict()
-
-    def __call__(self, path: Path):
-        if path not in self.items:
-            self.items[path] = self.reader(path)
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        self.items.move_to_end(path)
-        return self.items[path]
 
 
 class ActivityNetClips:
@@ -72,7 +57,7 @@ class CocoCaptions:
         self.rows = [{**row, "index": i} for i, row in enumerate(rows)]
         self.span = json.loads((dataset / "manifest.json").read_text())["shard_span"]
         self.images_dir = dataset / "images"
-        self.read = _ShardCache(self._read_shard)
+        self.read = lru_cache(maxsize=8)(self._read_shard)  # the last few shards, by path
 
     @staticmethod
     def _read_shard(path: Path) -> dict[int, np.ndarray]:

@@ -101,7 +101,7 @@ def decode_range(
         drainer.join()
     if produced < len(frames):
         last = (frames.start + produced) / fps
-        detail = f": {_last_error(errors)}" if _last_error(errors) else ""
+        detail = f": {error}" if (error := _last_error(errors)) else ""
         raise DecodeError(
             f"{path.name}: decoded {produced} of {len(frames)} frames from {start:.2f}s; the video "
             f"ends near {last:.2f}s, before {(frames.stop - 1) / fps:.2f}s that the annotation "

@@ -41,8 +41,7 @@ def _clip_dim(dataset: Path) -> int:
     return json.loads((dataset / "manifest.json").read_text())["clip"]["embed_dim"]
 
 
-def _model(cfg: Config, stage: StageTrainConfig, dataset: Path, gpt2_source) -> CaptionModel:
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+def _model(cfg: Config, stage: StageTrainConfig, dataset: Path, gpt2_source, tokenizer) -> CaptionModel:
     gpt2 = load_gpt2(gpt2_source)
     mapper_cfg = MapperConfig.load(stage.mapper, **{**stage.mapper_overrides, "clip_dim": _clip_dim(dataset),
                                                     "embed_dim": gpt2.config.n_embd})
@@ -58,8 +57,8 @@ def _fingerprint(cfg: Config, model: CaptionModel, dataset: Path) -> dict:
 
 def pretrain(cfg: Config) -> dict:
     dataset = cfg.storage.root / "coco"
-    model = _model(cfg, cfg.pretrain, dataset, cfg.model.lm)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
+    model = _model(cfg, cfg.pretrain, dataset, cfg.model.lm, tokenizer)
     return train(model, CocoCaptions(dataset, cfg.pretrain.train_splits), CocoCaptions(dataset, cfg.pretrain.val_splits),
                  tokenizer, cfg.pretrain.train, models_dir(cfg) / "pretrain", live_dir=Path("reports/pretrain"),
                  fingerprint=_fingerprint(cfg, model, dataset))
@@ -70,13 +69,14 @@ def _gpt2_source(cfg: Config, trained: Path):
     return trained / "gpt2" if (trained / "gpt2").exists() else cfg.model.lm
 
 
-def initial_finetune_model(cfg: Config) -> tuple[CaptionModel, list[str]]:
+def initial_finetune_model(cfg: Config, tokenizer=None) -> tuple[CaptionModel, list[str]]:
     """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
     there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
     pretrained = models_dir(cfg) / "pretrain" / "best"
     if not (pretrained / "mapper").exists():
         raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
-    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", _gpt2_source(cfg, pretrained))
+    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer)
+    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", _gpt2_source(cfg, pretrained), tokenizer)
     copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
     if not copied:
         raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {cfg.finetune.mapper}")
@@ -86,8 +86,8 @@ def initial_finetune_model(cfg: Config) -> tuple[CaptionModel, list[str]]:
 
 def finetune(cfg: Config) -> dict:
     dataset = cfg.storage.root / "activitynet"
-    model, _ = initial_finetune_model(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
+    model, _ = initial_finetune_model(cfg, tokenizer)
     return train(model, ActivityNetClips(dataset, "train"), ActivityNetClips(dataset, "val"), tokenizer,
                  cfg.finetune.train, models_dir(cfg) / "finetune", live_dir=Path("reports/finetune"),
                  fingerprint=_fingerprint(cfg, model, dataset))
