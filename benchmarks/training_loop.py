@@ -33,7 +33,7 @@ from clipmemcap.train import CaptionModel, train
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402
 
-TOKENIZER_DIR = Path(__file__).parents[1] / "tests" / "assets" / "gpt2-tokenizer"
+TOKENIZER_DIR = Path(__file__).parents[1] / "clipmemcap" / "gpt2_tokenizer"
 
 
 def make_dataset(folder: Path, videos: int, seed: int = 0) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from clipmemcap.atomic import write_json
 from clipmemcap.failures import Failure
-from clipmemcap.fetch import fetch_file
+from clipmemcap.fetch import fetch_file, is_local
 from clipmemcap.grid import grid_range, merge_ranges
 from clipmemcap.jsonio import AnnotationError, parse_json
 from clipmemcap.shards import SCHEMA_VERSION, write_failures, write_segments
@@ -60,12 +60,18 @@ class AnnotationFile:
 
 
 def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` unless a valid zip is already there."""
-    if not (dest.exists() and zipfile.is_zipfile(dest)):
+    """Fetch ``url`` to ``dest`` unless a valid zip is already there. A local path (no URL
+    scheme) is read where it is, never cached, so a regenerated source is always seen."""
+    if is_local(url):
+        if not Path(url).is_file():
+            raise AnnotationError(f"annotations file {url} does not exist")
+        dest = Path(url)
+    elif not (dest.exists() and zipfile.is_zipfile(dest)):
         fetch_file(url, dest, timeout_s)
     if not zipfile.is_zipfile(dest):
-        dest.unlink()
-        raise AnnotationError(f"{url} did not return a zip file")
+        if not is_local(url):
+            dest.unlink()
+        raise AnnotationError(f"{url} is not a zip file")
     return dest
 
 

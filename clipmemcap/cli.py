@@ -38,8 +38,24 @@ def cmd_ingest(args) -> None:
 def cmd_stage(args) -> None:
     from clipmemcap import pipeline
 
-    result = getattr(pipeline, args.command)(_config(args))
+    run = {"run": args.run, "seed": args.seed} if args.command in ("finetune", "evaluate") else {}
+    result = getattr(pipeline, args.command)(_config(args), **run)
     print(json.dumps(result, indent=2))
+
+
+def cmd_report(args) -> None:
+    from clipmemcap.report import REPORT_DIR, report
+
+    report(_config(args))
+    print((REPORT_DIR / "results.md").read_text())
+
+
+def cmd_benchmark(args) -> None:
+    from clipmemcap.long_range import make_source
+
+    cfg = _config(args)
+    summary = make_source(cfg.benchmark, cfg.activitynet.subset, cfg.storage.root / "benchmark")
+    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
 
 
 def cmd_synth_coco(args) -> None:
@@ -60,10 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_settings(sub.add_parser("config", help="print the resolved settings")).set_defaults(func=cmd_config)
-    for stage, text in (("pretrain", "pre-train the image mapper (and GPT-2) on COCO"),
-                        ("finetune", "fine-tune on ActivityNet, starting from the pre-trained weights"),
-                        ("evaluate", "caption the test clips and score them")):
-        with_settings(sub.add_parser(stage, help=text)).set_defaults(func=cmd_stage)
+    with_settings(sub.add_parser("benchmark", help="write the long-range benchmark's videos, images and captions "
+                                 "under <storage.root>/benchmark")).set_defaults(func=cmd_benchmark)
+    with_settings(sub.add_parser("pretrain", help="pre-train the image mapper (and GPT-2) on COCO")).set_defaults(func=cmd_stage)
+    for stage, text in (("finetune", "fine-tune one run on ActivityNet, starting from the pre-trained weights"),
+                        ("evaluate", "caption the test clips with one run's model and score them")):
+        p = with_settings(sub.add_parser(stage, help=text))
+        p.add_argument("--run", required=True, help="a run of finetune.runs, e.g. memorizing")
+        p.add_argument("--seed", type=int, required=True, help="training seed (one of finetune.seeds)")
+        p.set_defaults(func=cmd_stage)
+    with_settings(sub.add_parser("report", help="gather every run's evaluation: metrics/summary.json, "
+                                 "reports/results/")).set_defaults(func=cmd_report)
     ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
     ingest.add_argument("dataset", choices=["activitynet", "coco"])
     ingest.set_defaults(func=cmd_ingest)

@@ -74,6 +74,23 @@ class CocoCaptions:
                       row["caption"])
 
 
+def frame_statistics(data) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of the frames of ``data``'s samples, each image
+    (or video: its first clip) counted once, though a COCO image has several captions."""
+    seen, total, squares, count = set(), 0.0, 0.0, 0
+    for i in range(len(data)):
+        sample = data[i]
+        if sample.key[0] in seen:
+            continue
+        seen.add(sample.key[0])
+        frames = sample.frames.astype(np.float64)
+        total, squares, count = total + frames.sum(0), squares + (frames**2).sum(0), count + len(frames)
+    if not count:
+        raise ValueError("no frames to take statistics of: the training data is empty")
+    mean = total / count
+    return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean**2, 0.0)).astype(np.float32)
+
+
 @dataclass
 class Batch:
     keys: list[tuple]

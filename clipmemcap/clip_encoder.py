@@ -2,12 +2,13 @@
 
 ``model`` is an open_clip model name, or a path to a model-config JSON (open_clip's format, its
 file stem becomes the name). ``pretrained`` is an open_clip tag (``openai``), a local checkpoint
-path, or None for random weights. Configs shipped in ``clipmemcap/clip_configs`` (the tiny test
-model) are registered on import.
+path, or None for random weights (seeded: every process builds the same random network).
+Configs shipped in ``clipmemcap/clip_configs`` (the tiny test model) are registered on import.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,11 @@ class ClipEncoder:
         if pretrained and Path(pretrained).suffix and not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist")
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device=self.device)
+            # Seeded: random weights (pretrained None) must be the same model in every flow and
+            # run, or video frames and images would be embedded by two different networks.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = open_clip.create_model(name, pretrained=pretrained, device=self.device)
         except RuntimeError as err:
             raise RuntimeError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {err}") from err
         self.model = model.eval()
@@ -66,6 +71,15 @@ class ClipEncoder:
         std = torch.tensor(preprocess["std"], device=self.device).view(1, 3, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), mean / std
         self.name, self.pretrained = name, pretrained
+
+    def weights_digest(self) -> str:
+        """sha256 of the weights: a checkpoint replaced under the same path, or another random
+        network, is another embedding space."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> np.ndarray:

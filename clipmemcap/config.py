@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -121,8 +121,29 @@ class PretrainConfig(StageTrainConfig):
     val_splits: tuple[str, ...] = ("val",)
 
 
-class FinetuneConfig(StageTrainConfig):
-    mapper: str = "video-memorizing"
+class RunConfig(Strict):
+    mapper: str = Field(description="a config in clipmemcap/model_configs or a JSON path")
+    mapper_overrides: dict[str, Any] = {}
+
+
+class FinetuneConfig(Strict):
+    """Every run (a mapper: the memorizing one and each baseline) is fine-tuned once per seed."""
+    runs: dict[str, RunConfig] = {
+        "memorizing": RunConfig(mapper="video-memorizing"),
+        "uniform": RunConfig(mapper="video-temporal", mapper_overrides={"frame_policy": "uniform"}),
+        "last": RunConfig(mapper="video-temporal", mapper_overrides={"frame_policy": "last"}),
+        "mean": RunConfig(mapper="clipcap-transformer"),
+    }
+    mapper_overrides: dict[str, Any] = Field({}, description="applied to every run, before the run's own")
+    seeds: tuple[int, ...] = (0,)
+    train: TrainConfig = TrainConfig()
+
+    def run(self, name: str, seed: int) -> tuple[str, dict[str, Any], TrainConfig]:
+        """Mapper config name, its overrides and the training settings of one run and seed."""
+        if name not in self.runs:
+            raise ValueError(f"no run {name!r} in finetune.runs (known: {', '.join(self.runs)})")
+        run = self.runs[name]
+        return run.mapper, {**self.mapper_overrides, **run.mapper_overrides}, self.train.model_copy(update={"seed": seed})
 
 
 class EvaluateConfig(Strict):
@@ -130,6 +151,42 @@ class EvaluateConfig(Strict):
     max_tokens: int = Field(67, ge=1)
     batch_size: int = Field(32, ge=1)
     stop_at_period: bool = True  # stop at "." as well as at end-of-text, as ClipCap does
+
+
+class ReportConfig(Strict):
+    slot_accuracy: bool = Field(True, description="score the benchmark's slots; false for ActivityNet's captions")
+    length_bin_s: float = Field(15.0, gt=0.0, description="clip-length bins of the slot accuracy plot")
+
+
+class BenchmarkConfig(Strict):
+    """The long-range benchmark's source (see clipmemcap.long_range)."""
+    seed: int = 0
+    # How many videos: activitynet.subset's train_videos, val_fraction and test_videos.
+    clips_per_video: int = Field(4, ge=1, description="captioned clips back to back in each video")
+    short_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of short control clips per split")
+    long_s: tuple[float, float] = Field((30.0, 120.0), description="long clip length range, seconds")
+    short_s: tuple[float, float] = Field((2.4, 3.0), description="control clip length range: at most one chunk")
+    events: int = Field(2, ge=1)
+    event_s: float = Field(1.0, gt=0.0, description="how long each event's shape is on screen")
+    min_gap_s: float = Field(0.2, ge=0.0, description="least time between two events")
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    shapes: tuple[str, ...] = ("circle", "square", "triangle")
+    frame_size: int = Field(112, ge=32, description="square video frames, pixels")
+    video_fps: int = Field(10, ge=1)
+    event_size: float = Field(0.45, gt=0.0, le=1.0, description="event shape's side / frame side")
+    distractors: int = Field(3, ge=0)
+    distractor_size: float = Field(0.14, gt=0.0, le=1.0)
+    pretrain_images: int = Field(2000, ge=10, description="one-event still frames for pre-training")
+
+    @model_validator(mode="after")
+    def _clips_hold_their_events(self) -> BenchmarkConfig:
+        needed = self.events * self.event_s + (self.events - 1) * self.min_gap_s
+        for name in ("short_s", "long_s"):
+            low, high = getattr(self, name)
+            if not needed <= low <= high:
+                raise ValueError(f"benchmark.{name} {[low, high]}: clips must be at least {needed:g} s "
+                                 f"(events x event_s + gaps) and the range ordered")
+        return self
 
 
 class Config(Strict):
@@ -142,6 +199,8 @@ class Config(Strict):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

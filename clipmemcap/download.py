@@ -16,7 +16,7 @@ import ffmpeg
 import yt_dlp
 
 from clipmemcap.config import DownloadConfig
-from clipmemcap.fetch import PermanentDownloadError, classify
+from clipmemcap.fetch import PermanentDownloadError, classify, is_local
 
 def probe_video(path: Path) -> float:
     """Duration in seconds of the first video stream; raises PermanentDownloadError when the file
@@ -86,11 +86,16 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
         except PermanentDownloadError:
             existing.unlink()
     partial = videos_dir / ".partial" / video_id
+    options = _ydl_options(cfg, partial, video_id)
+    if is_local(url):  # a local file goes through yt-dlp too, as a file:// URL
+        if not Path(url).is_file():
+            raise PermanentDownloadError(f"{url} does not exist")
+        url, options["enable_file_urls"] = Path(url).resolve().as_uri(), True
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         try:
-            with yt_dlp.YoutubeDL(_ydl_options(cfg, partial, video_id)) as ydl:
+            with yt_dlp.YoutubeDL(options) as ydl:
                 ydl.download([url])
         except yt_dlp.utils.DownloadError as err:
             message = re.sub(r"^ERROR:\s*", "", str(err)).strip()

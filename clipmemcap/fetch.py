@@ -39,6 +39,11 @@ def classify(message: str) -> type[DownloadError]:
     return TransientDownloadError if TRANSIENT.search(message) else PermanentDownloadError
 
 
+def is_local(url: str) -> bool:
+    """A plain path (the synthetic benchmark's sources) rather than a URL."""
+    return "://" not in url
+
+
 def fetch_file(url: str, dest: Path, timeout_s: float) -> Path:
     """Download ``url`` to ``dest``; the file appears under its name only once complete."""
     try:

@@ -166,8 +166,8 @@ def embed_videos(jobs: Iterable[VideoJob | Failure], encoder: ClipEncoder, fps: 
 
 def encoder_settings(encoder: ClipEncoder, dtype: str, **extra) -> dict:
     """What an embedding depends on; shards made with other settings must not be mixed in."""
-    return {"model": encoder.name, "pretrained": encoder.pretrained, "image_size": encoder.image_size,
-            "embed_dim": encoder.embed_dim, "embedding_dtype": dtype, **extra}
+    return {"model": encoder.name, "pretrained": encoder.pretrained, "weights": encoder.weights_digest(),
+            "image_size": encoder.image_size, "embed_dim": encoder.embed_dim, "embedding_dtype": dtype, **extra}
 
 
 def prepare_shard_dir(shard_dir: Path, settings: dict, work_dirs: tuple[Path, ...]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 BACKENDS = ("torch", "faiss-flat", "faiss-hnsw")
 
@@ -120,3 +121,27 @@ class KNNMemory:
         slots = memory.search(queries, k)  # [heads, q, k']
         heads = torch.arange(memory.heads, device=slots.device)[:, None, None]
         return memory.keys[heads, slots], memory.values[heads, slots]  # slots < len(memory)
+
+    def retrieve_rows(self, rows: list[int], queries: torch.Tensor, k: int):
+        """queries [R, heads, q, dim] of non-empty ``rows`` -> keys, values [R, heads, q, k', dim]
+        and found [R, heads, q, k'] (False where a row holds fewer than k' entries). With the
+        torch backend all rows are searched in one padded matmul instead of one by one."""
+        sizes = [len(self.rows[r]) for r in rows]
+        k = min(k, max(sizes))
+        if self.rows[rows[0]].backend != "torch":
+            found = [self.retrieve(r, q, k) for r, q in zip(rows, queries)]
+            pad = lambda x: F.pad(x, (0, 0, 0, k - x.shape[2]))  # noqa: E731  [heads, q, k', dim] -> k
+            mask = torch.stack([torch.arange(k, device=queries.device) < min(n, k) for n in sizes])
+            return (torch.stack([pad(keys) for keys, _ in found]), torch.stack([pad(values) for _, values in found]),
+                    mask[:, None, None, :].expand(-1, *queries.shape[1:3], -1))
+        n = max(sizes)
+        pad = lambda x: F.pad(x, (0, 0, 0, n - x.shape[1]))  # noqa: E731  [heads, len, dim] -> n
+        keys = torch.stack([pad(self.rows[r].keys) for r in rows])  # [R, heads, n, dim]
+        values = torch.stack([pad(self.rows[r].values) for r in rows])
+        stored = torch.arange(n, device=queries.device)[None, :] < torch.tensor(sizes, device=queries.device)[:, None]
+        scores = queries.detach() @ keys.transpose(-1, -2)  # [R, heads, q, n]
+        best = scores.masked_fill(~stored[:, None, None, :], float("-inf")).topk(k, dim=-1)
+        R, H, Q, _ = best.indices.shape
+        slots = best.indices.reshape(R, H, Q * k, 1).expand(-1, -1, -1, self.settings[1])  # [R, heads, q * k', dim]
+        gather = lambda x: torch.gather(x, 2, slots).view(R, H, Q, k, -1)  # noqa: E731
+        return gather(keys), gather(values), best.values > float("-inf")

@@ -7,7 +7,8 @@ clip's start) and ``lengths [B]`` (valid frames per row; the rest is padding) an
 - ``mlp``, ``transformer``: ClipCap's image mappers (Mokady et al. 2021), applied to the mean
   embedding of the valid frames (the ``mean`` video baseline; for an image, the image itself).
 - ``temporal``: a Transformer over W frame tokens chosen by ``frame_policy`` (``uniform`` or
-  ``last``), each frame one token plus an encoding of its time, and L learned prefix tokens.
+  ``last``; ``mean``: one token, the mean frame), each frame one token plus an encoding of its
+  time, and L learned prefix tokens.
 - ``memorizing``: the same Transformer run over the whole clip in consecutive chunks of W frames;
   its kNN layer(s) also attend to the top-k keys of the clip's earlier chunks in an external,
   non-differentiable memory (Wu et al. 2022). See :class:`MemorizingMapper`.
@@ -24,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,7 +47,7 @@ class MapperConfig:
     heads: int = 8
     mlp_ratio: float = 2.0
     window: int = 10  # W: frames per step of the video mappers
-    frame_policy: str = "uniform"  # temporal: uniform | last
+    frame_policy: str = "uniform"  # temporal: uniform | last | mean
     time_scale: float = 5.0  # time encoding positions per second (5 = one per 5 fps frame)
     knn_layers: tuple[int, ...] = (-2,)  # layers with normalised attention (+ memory if memorizing)
     top_k: int = 32
@@ -61,6 +63,8 @@ class MapperConfig:
             raise ValueError(f"unknown mapper kind {self.kind!r}; choose one of {sorted(MAPPERS)}")
         if self.embed_dim % self.heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
+        if self.frame_policy not in ("uniform", "last", "mean"):
+            raise ValueError(f"unknown frame policy {self.frame_policy!r}; choose uniform, last or mean")
         if self.memory_capacity < self.window:
             raise ValueError(f"memory_capacity {self.memory_capacity} is smaller than one window ({self.window})")
 
@@ -219,11 +223,16 @@ class TransformerMapper(ImageMapper):
 
 class VideoTransformer(nn.Module):
     """W frame tokens (projection + time encoding) and L learned prefix tokens through the
-    Transformer; returns the prefix tokens' outputs."""
+    Transformer; returns the prefix tokens' outputs. Frames are standardised with the training
+    data's per-dimension mean and deviation (buffers set by pre-training, identity until then):
+    the same function class, but an optimiser that starts on equal footing in every dimension
+    (random-weight CLIP embeddings vary by ~0.3 % of their norm)."""
 
     def __init__(self, cfg: MapperConfig):
         super().__init__()
         self.cfg = cfg
+        self.register_buffer("frame_mean", torch.zeros(cfg.clip_dim))
+        self.register_buffer("frame_std", torch.ones(cfg.clip_dim))
         self.frame_proj = nn.Linear(cfg.clip_dim, cfg.embed_dim)
         self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_length, cfg.embed_dim))
         self.transformer = Transformer(cfg, cfg.knn_layers)
@@ -231,10 +240,16 @@ class VideoTransformer(nn.Module):
     def encode(self, frames, times, frame_mask, memory: Memory | None = None) -> torch.Tensor:
         """frames [B, W, D], times [B, W], frame_mask [B, W] -> prefix [B, L, E]."""
         B, W, _ = frames.shape
+        frames = (frames - self.frame_mean) / self.frame_std
         x = self.frame_proj(frames) + time_encoding(times, self.cfg.embed_dim, self.cfg.time_scale)
         x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)  # [B, W + L, E]
         key_mask = torch.cat([frame_mask, frame_mask.new_ones(B, self.cfg.prefix_length)], 1)
         return self.transformer(x, key_mask, memory)[:, W:]
+
+
+    def set_frame_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.frame_mean.copy_(torch.as_tensor(mean))
+        self.frame_std.copy_(torch.as_tensor(std).clamp(min=1e-6))
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -260,6 +275,10 @@ def select_frames(lengths: torch.Tensor, window: int, policy: str) -> tuple[torc
 
 class TemporalMapper(VideoTransformer):
     def forward(self, frames, times, lengths) -> torch.Tensor:
+        if self.cfg.frame_policy == "mean":  # one token: the mean frame at the mean time
+            weights = valid_mask(lengths, frames.shape[1]) / lengths.clamp(min=1)[:, None]  # [B, T]
+            mean, at = (frames * weights[..., None]).sum(1, keepdim=True), (times * weights).sum(1, keepdim=True)
+            return self.encode(mean, at, torch.ones_like(at, dtype=torch.bool))
         index, mask = select_frames(lengths, self.cfg.window, self.cfg.frame_policy)
         return self.encode(_gather(frames, index), _gather(times, index), mask)
 
@@ -285,23 +304,22 @@ class Memory:
     def read_and_write(self, block: Block, q, k, v, local: torch.Tensor) -> torch.Tensor:
         """Mix each active row's local attention output with attention over its top-k memories
         (separate softmaxes, per-head sigmoid gate), then store the chunk's frame keys/values."""
-        rows = []
-        gate = torch.sigmoid(block.gate)[:, None, None]  # [H, 1, 1]
-        for b in range(q.shape[0]):
-            if b not in self.active or self.store.size(b) == 0:  # nothing to remember yet
-                rows.append(local[b])
-                continue
-            keys, values = self.store.retrieve(b, q[b], self.top_k)  # [H, T, k, d], detached
-            scores = torch.einsum("htd,htkd->htk", q[b], keys) * block.attn.scale()
-            remembered = torch.einsum("htk,htkd->htd", scores.softmax(-1), values)
-            rows.append(gate * remembered + (1 - gate) * local[b])
+        out = local
+        rows = [b for b in self.active if self.store.size(b) > 0]  # the others have nothing to remember yet
+        if rows:
+            keys, values, found = self.store.retrieve_rows(rows, q[rows], self.top_k)  # [R, H, T, k, d], detached
+            scores = torch.einsum("rhtd,rhtkd->rhtk", q[rows], keys) * block.attn.scale()
+            remembered = torch.einsum("rhtk,rhtkd->rhtd", scores.masked_fill(~found, float("-inf")).softmax(-1), values)
+            gate = torch.sigmoid(block.gate)[:, None, None]  # [H, 1, 1]
+            out = local.clone()
+            out[rows] = gate * remembered + (1 - gate) * local[rows]
         for b in self.active:
             keep = self.frame_mask[b]
             self.store.add(b, k[b][:, keep], v[b][:, keep])
         if self.xl:  # frame tokens come first: [W frames, L prefix]
             W = self.window
             self.previous = (k[:, :, :W].detach(), v[:, :, :W].detach(), self.frame_mask[:, :W])
-        return torch.stack(rows)
+        return out
 
 
 class MemorizingMapper(VideoTransformer):

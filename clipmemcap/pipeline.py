@@ -1,10 +1,13 @@
 """The experiment's model stages, as the DVC stages call them: pretrain -> finetune -> evaluate.
 
-    storage/models/pretrain/   COCO pre-training (train() output: best/, last/)
-    storage/models/finetune/   ActivityNet fine-tuning, started from pretrain's best weights
-    storage/evaluation/        predictions per test clip, and in the dense-captioning format
-    metrics/evaluation.json    the metrics (DVC metrics; both experiments write this same path)
-    reports/<stage>/           dvclive logs (DVC plots)
+    storage/models/pretrain/              COCO pre-training (train() output: best/, last/)
+    storage/models/finetune/<run>-<seed>/ ActivityNet fine-tuning of one run (a mapper) and seed,
+                                          started from pretrain's best weights
+    storage/evaluation/<run>-<seed>/      predictions per test clip, also in the dense-captioning format
+    metrics/runs/<run>-<seed>.json        its caption metrics (DVC metrics)
+    reports/pretrain/, reports/finetune/<run>-<seed>/   dvclive logs (DVC plots)
+
+:mod:`clipmemcap.report` gathers every run's evaluation into the experiment's results.
 
 ``clip_dim`` and ``embed_dim`` of a mapper always come from the data (the CLIP embedding size in
 the dataset's manifest) and from GPT-2, whatever its config file says.
@@ -20,17 +23,16 @@ from pathlib import Path
 import torch
 
 from clipmemcap.atomic import write_json
-from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate
+from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate, frame_statistics
 from clipmemcap.clip_encoder import resolve_device
 from clipmemcap.config import Config, StageTrainConfig
 from clipmemcap.decoding import beam_search, captions
 from clipmemcap.evaluation import caption_metrics, dense_captioning_results
-from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared
+from clipmemcap.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
 from clipmemcap.train import CaptionModel, train
 
 log = logging.getLogger(__name__)
-METRICS = Path("metrics/evaluation.json")
 
 
 def models_dir(cfg: Config) -> Path:
@@ -41,11 +43,15 @@ def _clip_dim(dataset: Path) -> int:
     return json.loads((dataset / "manifest.json").read_text())["clip"]["embed_dim"]
 
 
-def _model(cfg: Config, stage: StageTrainConfig, dataset: Path, gpt2_source, tokenizer) -> CaptionModel:
+def run_name(run: str, seed: int) -> str:
+    """A fine-tuning run's folder name, as DVC names its matrix stages (``finetune@memorizing-0``)."""
+    return f"{run}-{seed}"
+
+
+def _model(cfg: Config, mapper: str, overrides: dict, seed: int, dataset: Path, gpt2_source, tokenizer) -> CaptionModel:
     gpt2 = load_gpt2(gpt2_source)
-    mapper_cfg = MapperConfig.load(stage.mapper, **{**stage.mapper_overrides, "clip_dim": _clip_dim(dataset),
-                                                    "embed_dim": gpt2.config.n_embd})
-    torch.manual_seed(stage.train.seed)
+    mapper_cfg = MapperConfig.load(mapper, **{**overrides, "clip_dim": _clip_dim(dataset), "embed_dim": gpt2.config.n_embd})
+    torch.manual_seed(seed)
     return CaptionModel(build_mapper(mapper_cfg), PrefixLM(gpt2, tokenizer.eos_token_id, frozen=not cfg.model.finetune_lm))
 
 
@@ -56,11 +62,14 @@ def _fingerprint(cfg: Config, model: CaptionModel, dataset: Path) -> dict:
 
 
 def pretrain(cfg: Config) -> dict:
-    dataset = cfg.storage.root / "coco"
+    dataset, stage = cfg.storage.root / "coco", cfg.pretrain
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model = _model(cfg, cfg.pretrain, dataset, cfg.model.lm, tokenizer)
-    return train(model, CocoCaptions(dataset, cfg.pretrain.train_splits), CocoCaptions(dataset, cfg.pretrain.val_splits),
-                 tokenizer, cfg.pretrain.train, models_dir(cfg) / "pretrain", live_dir=Path("reports/pretrain"),
+    model = _model(cfg, stage.mapper, stage.mapper_overrides, stage.train.seed, dataset, cfg.model.lm, tokenizer)
+    train_data = CocoCaptions(dataset, stage.train_splits)
+    if isinstance(model.mapper, VideoTransformer):  # ClipCap's image mappers take raw embeddings
+        model.mapper.set_frame_statistics(*frame_statistics(train_data))
+    return train(model, train_data, CocoCaptions(dataset, stage.val_splits),
+                 tokenizer, stage.train, models_dir(cfg) / "pretrain", live_dir=Path("reports/pretrain"),
                  fingerprint=_fingerprint(cfg, model, dataset))
 
 
@@ -69,35 +78,46 @@ def _gpt2_source(cfg: Config, trained: Path):
     return trained / "gpt2" if (trained / "gpt2").exists() else cfg.model.lm
 
 
-def initial_finetune_model(cfg: Config, tokenizer=None) -> tuple[CaptionModel, list[str]]:
+def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None) -> tuple[CaptionModel, list[str]]:
     """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
     there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
     pretrained = models_dir(cfg) / "pretrain" / "best"
     if not (pretrained / "mapper").exists():
         raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
     tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer)
-    model = _model(cfg, cfg.finetune, cfg.storage.root / "activitynet", _gpt2_source(cfg, pretrained), tokenizer)
+    mapper, overrides, _ = cfg.finetune.run(run, seed)
+    model = _model(cfg, mapper, overrides, seed, cfg.storage.root / "activitynet", _gpt2_source(cfg, pretrained), tokenizer)
     copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
     if not copied:
-        raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {cfg.finetune.mapper}")
+        raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {mapper}")
     log.info("initialised %d mapper tensors from %s", len(copied), pretrained)
     return model, copied
 
 
-def finetune(cfg: Config) -> dict:
-    dataset = cfg.storage.root / "activitynet"
+def finetune(cfg: Config, run: str, seed: int) -> dict:
+    dataset, name = cfg.storage.root / "activitynet", run_name(run, seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model, _ = initial_finetune_model(cfg, tokenizer)
+    model, _ = initial_finetune_model(cfg, run, seed, tokenizer)
     return train(model, ActivityNetClips(dataset, "train"), ActivityNetClips(dataset, "val"), tokenizer,
-                 cfg.finetune.train, models_dir(cfg) / "finetune", live_dir=Path("reports/finetune"),
-                 fingerprint=_fingerprint(cfg, model, dataset))
+                 cfg.finetune.run(run, seed)[2], models_dir(cfg) / "finetune" / name,
+                 live_dir=Path("reports/finetune") / name, fingerprint=_fingerprint(cfg, model, dataset))
 
 
-def evaluate(cfg: Config) -> dict:
-    """Decode every test clip with the fine-tuned model's best weights; write predictions and metrics."""
-    dataset, trained = cfg.storage.root / "activitynet", models_dir(cfg) / "finetune" / "best"
+def evaluation_dir(cfg: Config, run: str, seed: int) -> Path:
+    return cfg.storage.root / "evaluation" / run_name(run, seed)
+
+
+def run_metrics_path(run: str, seed: int) -> Path:
+    """One run's caption metrics (DVC metrics, kept in git)."""
+    return Path("metrics/runs") / f"{run_name(run, seed)}.json"
+
+
+def evaluate(cfg: Config, run: str, seed: int) -> dict:
+    """Decode every test clip with the run's best fine-tuned weights; write predictions and metrics."""
+    dataset, name = cfg.storage.root / "activitynet", run_name(run, seed)
+    trained = models_dir(cfg) / "finetune" / name / "best"
     if not (trained / "mapper").exists():
-        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage first")
+        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({name}) first")
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
     gpt2_source = trained / "gpt2" if (trained / "gpt2").exists() else _gpt2_source(cfg, models_dir(cfg) / "pretrain" / "best")
@@ -113,16 +133,16 @@ def evaluate(cfg: Config) -> dict:
         with torch.inference_mode():
             prefix = model.mapper(batch.frames.to(device), batch.times.to(device), batch.lengths.to(device))
         texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stop_ids))
-        for i, text in zip(indices, texts):
+        for i, frames, text in zip(indices, batch.lengths.tolist(), texts):
             segment = clips.rows[i]
             rows.append({"video_id": segment["video_id"], "segment": segment["segment"], "start": segment["start"],
-                         "end": segment["end"], "prediction": text, "reference": segment["caption"]})
+                         "end": segment["end"], "frames": frames, "prediction": text, "reference": segment["caption"]})
     metrics = caption_metrics({(r["video_id"], r["segment"]): r["prediction"] for r in rows},
                               {(r["video_id"], r["segment"]): [r["reference"]] for r in rows})
     metrics = {**metrics, "clips": len(rows)}
-    out = cfg.storage.root / "evaluation"
+    out = evaluation_dir(cfg, run, seed)
     write_json(out / "predictions.json", rows)
     write_json(out / "dense_captions.json",
                dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))
-    write_json(METRICS, metrics)
+    write_json(run_metrics_path(run, seed), metrics)
     return metrics

@@ -127,7 +127,9 @@ def write_captions_zip(zip_path: Path, annotations: dict[str, dict | bytes]) -> 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, content in annotations.items():
-            archive.writestr(name, content if isinstance(content, bytes) else json.dumps(content))
+            # a fixed timestamp: the same annotations make the same bytes, so DVC sees no change
+            member = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(member, content if isinstance(content, bytes) else json.dumps(content), zipfile.ZIP_DEFLATED)
     with atomic_path(zip_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 
@@ -18,4 +19,7 @@ def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dic
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting for this run, e.g. clip.batch_size=32 (repeatable)")
     args = parser.parse_args(argv)
+    # The temporary Prefect server a run starts would otherwise try to send usage telemetry and log
+    # a stack trace wherever there is no internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return flow(params=args.params, overrides=args.overrides)

@@ -3,12 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 
-from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate, epoch_order
+from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, Sample, collate, epoch_order, frame_statistics
 from clipmemcap.coco import shard_path
 from clipmemcap.prefix_lm import load_tokenizer
 from clipmemcap.shards import write_captions, write_frame_shard, write_image_shard, write_segments
-from conftest import ASSETS
+from conftest import TOKENIZER
 
 
 def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
@@ -46,10 +47,20 @@ def test_coco_sample_is_a_one_frame_clip_per_caption(tmp_path):
 def test_collate_pads_clips_and_captions_and_order_is_seeded(tmp_path):
     from clipmemcap.clip_data import Sample
 
-    tokenizer = load_tokenizer(ASSETS / "gpt2-tokenizer")
+    tokenizer = load_tokenizer(TOKENIZER)
     batch = collate([Sample(("a", 0), np.ones((3, 4), np.float32), np.arange(3, dtype=np.float32), "a red circle"),
                      Sample(("b", 0), np.ones((1, 4), np.float32), np.zeros(1, np.float32), "one two three four five")],
                     tokenizer, max_tokens=4)
     assert batch.frames.shape == (2, 3, 4) and batch.lengths.tolist() == [3, 1]
     assert batch.tokens.shape == (2, 4) and batch.token_mask.sum(1).tolist() == [3, 4]
     assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)
+
+
+def test_frame_statistics_count_each_image_once(tmp_path):
+    samples = [Sample((1, 0), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "a"),
+               Sample((1, 1), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "b"),  # same image
+               Sample((2, 0), np.array([[3.0, 10.0]], np.float32), np.zeros(1, np.float32), "c")]
+    mean, std = frame_statistics(samples)
+    assert mean.tolist() == [2.0, 10.0] and std.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="training data is empty"):
+        frame_statistics([])

@@ -17,7 +17,7 @@ def frames(n, seed=0):
 
 
 def test_local_checkpoint_loads_the_saved_weights(tmp_path):
-    torch.manual_seed(0)
+    torch.manual_seed(7)  # not the encoder's own seed for random weights
     reference = open_clip.create_model("TinyViT", pretrained=None).eval()
     checkpoint = tmp_path / "tiny.pt"
     torch.save(reference.state_dict(), checkpoint)
@@ -50,3 +50,22 @@ def test_bad_model_inputs_name_what_is_wrong(tmp_path):
         ClipEncoder(ClipConfig(**{**TINY, "pretrained": str(tmp_path / "missing.pt")}))
     with pytest.raises(RuntimeError, match="pretrained='openai'"):  # no hub here: must fail, not hang
         ClipEncoder(ClipConfig(**{**TINY, "pretrained": "openai"}))
+
+
+def test_random_weights_are_the_same_network_in_every_process():
+    """The benchmark embeds images and video frames in two flows: with random weights they must
+    still be one model, whatever the global random state."""
+    torch.manual_seed(1)
+    first = ClipEncoder(ClipConfig(**TINY)).encode(frames(3))
+    torch.manual_seed(2)
+    second = ClipEncoder(ClipConfig(**TINY)).encode(frames(3))
+    assert np.array_equal(first, second)
+    assert torch.initial_seed() == 2  # the caller's random state is left alone
+
+
+def test_the_weights_digest_tells_networks_apart(tmp_path):
+    torch.manual_seed(3)
+    torch.save(open_clip.create_model("TinyViT", pretrained=None).state_dict(), tmp_path / "other.pt")
+    random = ClipEncoder(ClipConfig(**TINY))
+    assert random.weights_digest() == ClipEncoder(ClipConfig(**TINY)).weights_digest()
+    assert random.weights_digest() != ClipEncoder(ClipConfig(**{**TINY, "pretrained": str(tmp_path / "other.pt")})).weights_digest()

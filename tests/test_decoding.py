@@ -6,13 +6,13 @@ from transformers import GPT2Config
 
 from clipmemcap.decoding import beam_search, captions
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
-from conftest import ASSETS
+from conftest import TOKENIZER
 
 
 @pytest.fixture(scope="module")
 def lm():
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(ASSETS / "gpt2-tokenizer")
+    tokenizer = load_tokenizer(TOKENIZER)
     # A wide initialisation makes the random model's distributions peaked, so no near-tie can
     # make two correct implementations disagree by float rounding.
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=96, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3)

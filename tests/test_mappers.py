@@ -39,7 +39,8 @@ def batch(clips, pad_seed=99):
 
 
 @pytest.mark.parametrize("name,options", [("video-memorizing", {}), ("video-memorizing", {"xl_cache": True}),
-                                          ("video-temporal", {}), ("clipcap-transformer", {}), ("clipcap-mlp", {})])
+                                          ("video-temporal", {}), ("video-temporal", {"frame_policy": "mean"}),
+                                          ("clipcap-transformer", {}), ("clipcap-mlp", {})])
 def test_prefix_is_the_same_alone_and_in_a_batch(name, options):
     mapper = tiny(name, **options)
     clips = [clip(n, seed) for seed, n in enumerate([13, 5, 1, 9, 16])]
@@ -48,6 +49,36 @@ def test_prefix_is_the_same_alone_and_in_a_batch(name, options):
         for i, c in enumerate(clips):
             alone = mapper(*batch([c]))
             assert (together[i] - alone[0]).abs().max() <= 1e-5
+
+
+def test_the_mean_policy_sees_one_frame_the_mean_of_the_clip_at_its_mean_time():
+    mapper = tiny("video-temporal", frame_policy="mean")
+    frames, times = clip(9, 4)
+    with torch.no_grad():
+        pooled = mapper(*batch([(frames, times)]))
+        single = mapper(*batch([(frames.mean(0, keepdim=True), times.mean(0, keepdim=True))]))
+        other = mapper(*batch([(frames[:1], times[:1])]))
+    assert (pooled - single).abs().max() <= 1e-5 and (pooled - other).abs().max() > 1e-3
+
+
+def test_frame_statistics_standardise_the_input_and_travel_with_the_weights(tmp_path):
+    mapper = tiny("video-temporal")
+    frames, times = clip(6, 1)
+    mean, std = np.full(16, 0.5, np.float32), np.full(16, 2.0, np.float32)
+    mapper.set_frame_statistics(mean, std)
+    reference = tiny("video-temporal")  # identity statistics, same weights
+    with torch.no_grad():
+        assert torch.allclose(mapper(*batch([(frames, times)])), reference(*batch([((frames - 0.5) / 2, times)])), atol=1e-5)
+    save_mapper(mapper, tmp_path / "m")
+    assert torch.equal(load_mapper(tmp_path / "m").frame_std, mapper.frame_std)
+    memorizing = tiny("video-memorizing")
+    assert {"frame_mean", "frame_std"} <= set(load_shared(memorizing, mapper.state_dict()))
+    assert torch.equal(memorizing.frame_mean, mapper.frame_mean)
+
+
+def test_an_unknown_frame_policy_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown frame policy 'median'"):
+        MapperConfig.load("video-temporal", frame_policy="median")
 
 
 def test_a_row_reused_for_the_next_clip_starts_from_an_empty_memory():

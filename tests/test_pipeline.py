@@ -9,15 +9,15 @@ from clipmemcap.config import load_config
 from clipmemcap.mappers import MapperConfig, build_mapper, save_mapper
 from clipmemcap.pipeline import initial_finetune_model
 from clipmemcap.prefix_lm import load_gpt2
-from conftest import ASSETS, ROOT
+from conftest import GPT2_TINY, ROOT
 
-MAPPER = {"layers": 2, "heads": 4, "clip_length": 2, "prefix_length": 3, "clip_dim": 64, "embed_dim": 32}
+MAPPER = {"layers": 2, "heads": 4, "clip_length": 2, "prefix_length": 3, "clip_dim": 64, "embed_dim": 64}
 
 
 def settings(tmp_path, finetune_mapper, finetune_lm=True):
     return load_config(ROOT / "params.yaml", [
-        f"storage.root={tmp_path}", f"model.lm={ASSETS / 'tiny-gpt2.json'}", f"model.tokenizer={ASSETS / 'gpt2-tokenizer'}",
-        f"model.finetune_lm={str(finetune_lm).lower()}", f"finetune.mapper={finetune_mapper}",
+        f"storage.root={tmp_path}", f"model.finetune_lm={str(finetune_lm).lower()}",
+        f"finetune.runs={{probe: {{mapper: {finetune_mapper}}}}}",
         "finetune.mapper_overrides={layers: 2, heads: 4, prefix_length: 3, window: 4, clip_length: 2}"])
 
 
@@ -27,7 +27,7 @@ def pretrained(tmp_path):
     torch.manual_seed(5)
     mapper = build_mapper(MapperConfig.load("clipcap-transformer", **MAPPER))
     save_mapper(mapper, tmp_path / "models" / "pretrain" / "best" / "mapper")
-    gpt2 = load_gpt2(ASSETS / "tiny-gpt2.json")
+    gpt2 = load_gpt2(GPT2_TINY)
     gpt2.save_pretrained(tmp_path / "models" / "pretrain" / "best" / "gpt2")
     (tmp_path / "activitynet").mkdir()
     (tmp_path / "activitynet" / "manifest.json").write_text(json.dumps({"clip": {"embed_dim": 64}}))
@@ -37,7 +37,7 @@ def pretrained(tmp_path):
 @pytest.mark.parametrize("name", ["video-memorizing", "video-temporal", "clipcap-transformer"])
 def test_finetune_starts_from_the_pretrained_weights(tmp_path, pretrained, name):
     mapper, gpt2 = pretrained
-    model, copied = initial_finetune_model(settings(tmp_path, name))
+    model, copied = initial_finetune_model(settings(tmp_path, name), "probe", 0)
     own = model.mapper.state_dict()
     for key, value in mapper.state_dict().items():
         if key in copied:
@@ -50,4 +50,9 @@ def test_finetune_starts_from_the_pretrained_weights(tmp_path, pretrained, name)
 
 def test_finetune_without_pretraining_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the pretrain stage first"):
-        initial_finetune_model(settings(tmp_path, "video-memorizing"))
+        initial_finetune_model(settings(tmp_path, "video-memorizing"), "probe", 0)
+
+
+def test_an_unknown_run_is_an_error_naming_the_known_ones(tmp_path, pretrained):
+    with pytest.raises(ValueError, match="no run 'nope' in finetune.runs \\(known: probe\\)"):
+        initial_finetune_model(settings(tmp_path, "video-memorizing"), "nope", 0)

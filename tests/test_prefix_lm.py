@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from clipmemcap.prefix_lm import IGNORE, PrefixLM, load_gpt2, load_tokenizer
-from conftest import ASSETS
+from conftest import TOKENIZER
 
-TOKENIZER = ASSETS / "gpt2-tokenizer"
+
 
 
 @pytest.fixture(scope="module")

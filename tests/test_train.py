@@ -12,9 +12,9 @@ from clipmemcap.config import TrainConfig
 from clipmemcap.mappers import MapperConfig, build_mapper
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
 from clipmemcap.train import CaptionModel, train
-from conftest import ASSETS
+from conftest import TOKENIZER as TOKENIZER_DIR
 
-TOKENIZER = load_tokenizer(ASSETS / "gpt2-tokenizer")
+TOKENIZER = load_tokenizer(TOKENIZER_DIR)
 WORDS = ["red", "green", "blue", "circle", "square", "then", "a", "slowly"]
 
 
