@@ -77,5 +77,8 @@ class PrefixLM(nn.Module):
     def forward(self, prefix: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over caption tokens and the end-of-text token."""
         embeddings, attention, labels = self.inputs(prefix, tokens, token_mask)
-        logits = self.gpt2(inputs_embeds=embeddings, attention_mask=attention).logits  # [B, S, V]
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        hidden = self.gpt2.transformer(inputs_embeds=embeddings, attention_mask=attention).last_hidden_state  # [B, S, E]
+        targets = labels[:, 1:]
+        scored = targets != IGNORE  # [B, S-1]: only these positions need GPT-2's 50k-way head
+        logits = self.gpt2.lm_head(hidden[:, :-1][scored])  # [n, V]
+        return F.cross_entropy(logits, targets[scored])
