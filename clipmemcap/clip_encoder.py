@@ -16,15 +16,10 @@ import open_clip
 import torch
 
 from clipmemcap.config import ClipConfig
+from clipmemcap.devices import resolve_device
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _model_name(model: str) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from clipmemcap.atomic import write_json
 from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate, frame_statistics
-from clipmemcap.clip_encoder import resolve_device
+from clipmemcap.devices import resolve_device
 from clipmemcap.config import Config, StageTrainConfig
 from clipmemcap.decoding import beam_search, captions
 from clipmemcap.evaluation import caption_metrics, dense_captioning_results

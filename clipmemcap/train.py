@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from clipmemcap.atomic import write_json
 from clipmemcap.clip_data import Batch, collate, epoch_order, prefetch
-from clipmemcap.clip_encoder import resolve_device
+from clipmemcap.devices import resolve_device
 from clipmemcap.config import TrainConfig
 from clipmemcap.mappers import load_mapper, save_mapper
 from clipmemcap.prefix_lm import PrefixLM, load_gpt2

@@ -5,12 +5,25 @@ from clipmemcap.config import load_config
 from conftest import ROOT
 
 
-def test_committed_params_load_and_match_the_issue_defaults():
-    cfg = load_config(ROOT / "params.yaml")
+def test_the_real_experiment_preset_holds_the_published_settings():
+    cfg = load_config(ROOT / "presets" / "activitynet.yaml")
     assert cfg.activitynet.fps == 5
     assert cfg.activitynet.subset.train_videos == 300 and cfg.activitynet.subset.test_videos == 100
+    assert cfg.activitynet.annotations_url.startswith("https://") and "{youtube_id}" in cfg.activitynet.video_url_template
     assert cfg.clip.model == "ViT-B-32" and cfg.clip.pretrained == "openai"
-    assert "{youtube_id}" in cfg.activitynet.video_url_template
+    assert cfg.model.lm == "gpt2" and cfg.pretrain.mapper == "clipcap-transformer"
+    assert cfg.pretrain.train.lr == 2e-5 and cfg.pretrain.train.batch_size == 40 and cfg.pretrain.train.epochs == 10
+    assert set(cfg.finetune.runs) == {"memorizing", "uniform", "last", "mean"} and not cfg.report.slot_accuracy
+
+
+def test_the_committed_params_run_the_benchmark_offline():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.activitynet.fps == 5 and "://" not in cfg.activitynet.annotations_url + cfg.coco.captions_url
+    assert cfg.clip.model == "TinyViT" and cfg.clip.pretrained is None
+    assert (ROOT / cfg.model.lm).is_file() and (ROOT / cfg.model.tokenizer / "vocab.json").is_file()
+    assert cfg.finetune.seeds == (0, 1, 2) and cfg.report.slot_accuracy
+    policies = {name: run.mapper_overrides.get("frame_policy") for name, run in cfg.finetune.runs.items()}
+    assert policies == {"memorizing": None, "uniform": "uniform", "last": "last", "mean": "mean"}
 
 
 def test_overrides_are_typed_and_nested():

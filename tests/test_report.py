@@ -31,6 +31,7 @@ def evaluation(cfg, run, seed, right_long: int, right_short: int, bleu: float):
 def cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return load_config(ROOT / "params.yaml", [f"storage.root={tmp_path / 'storage'}", "finetune.seeds=[0, 1]",
+                                              "benchmark.long_s=[30.0, 120.0]", "report.length_bin_s=30",
                                               "finetune.runs={memorizing: {mapper: video-memorizing}, "
                                               "last: {mapper: video-temporal}}"])
 
