@@ -80,7 +80,7 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         predictions = json.loads((repo / "storage" / "evaluation" / f"{name}-0" / "predictions.json").read_text())
         assert len(predictions) == json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())["clips"] == 8
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
-    assert list(summary) == runs
+    assert sorted(summary) == sorted(runs)
     for values in summary.values():
         assert 0 <= values["slot_accuracy_long"] <= 1 and 0 <= values["slot_accuracy_short"] <= 1
         assert {"bleu_4", "meteor", "cider_d", "slot_accuracy_long_margin"} <= values.keys()
@@ -96,7 +96,7 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     changed = apply_overrides(yaml.safe_load((repo / "params.yaml").read_text()), ["evaluate.beam=1"])
     (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     status = run(["dvc", "status"], repo)
-    assert all(f"evaluate@{name}-0" in status for name in runs) and "report" in status
+    assert all(f"evaluate@{name}-0" in status for name in runs)  # the report follows when they re-run
     assert not any(s in status for s in ("benchmark", "activitynet", "coco", "pretrain", "finetune"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))  # back to what ran
 
