@@ -67,6 +67,7 @@ def settings(server_url: str, storage: Path, **extra) -> list[str]:
         f"storage.root={storage}",
         f"coco.captions_url={server_url}/caption_datasets.zip",
         f"coco.images_url_template={server_url}/images/{{file}}",
+        "coco.images_dir=null",  # download the images (the committed settings read the benchmark's from disk)
         "coco.max_pixels=15000000", "coco.shard_span=2000",
         "coco.download.retries=1", "coco.download.retry_delay_s=0.2", "coco.download.timeout_s=5",
     ] + [f"coco.{k}={v}" for k, v in extra.items()]
