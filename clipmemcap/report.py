@@ -36,15 +36,14 @@ TABLE_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d")
 
 
 def _length_bins(cfg: Config) -> list[tuple[str, float, float]]:
-    """(label, low, high] bins of clip length: the control set, then long clips by length_bin_s."""
-    bins = [(f"≤{cfg.benchmark.short_s[1]:g} s (control)", 0.0, cfg.benchmark.short_s[1])]
-    low, top = cfg.benchmark.long_s
-    while low < top:
-        high = min(top, low + cfg.report.length_bin_s)
-        bins.append((f"{low:g}–{high:g} s", low, high))
-        low = high
-    bins[1] = (bins[1][0], cfg.benchmark.short_s[1], bins[1][2])  # the first long bin takes everything above control
-    return bins
+    """(label, low, high] bins of clip length: the control set, then long clips in bins of
+    ``length_bin_s`` (the first one also takes anything between the two ranges)."""
+    short_top, (low, top) = cfg.benchmark.short_s[1], cfg.benchmark.long_s
+    edges = [low]
+    while edges[-1] < top:
+        edges.append(min(top, edges[-1] + cfg.report.length_bin_s))
+    long = [(f"{a:g}–{b:g} s", short_top if i == 0 else a, b) for i, (a, b) in enumerate(zip(edges, edges[1:]))]
+    return [(f"≤{short_top:g} s (control)", 0.0, short_top), *long]
 
 
 def _slot_metrics(cfg: Config, rows: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
