@@ -23,7 +23,6 @@ import math
 import random
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,9 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clipmemcap.atomic import atomic_path
 from clipmemcap.config import BenchmarkConfig, SubsetConfig
-from clipmemcap.synthetic import write_captions_zip
+from clipmemcap.synthetic import encode_mp4, write_captions_zip
 
 PALETTE = {"red": (225, 35, 35), "green": (35, 190, 60), "blue": (40, 80, 235), "yellow": (235, 215, 35),
            "magenta": (215, 45, 215), "cyan": (40, 210, 225)}
@@ -128,18 +126,9 @@ class Video:
 
 
 def write_video(path: Path, video: Video, size: int) -> None:
-    """Encode the video as h264 mp4 through ffmpeg."""
-    with atomic_path(path) as tmp:
-        command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
-                   "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(video.fps), "-i", "pipe:",
-                   "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-                   "-threads", "1", "-f", "mp4", str(tmp)]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        for n in range(math.ceil(round(video.duration * video.fps, 6))):  # through the last instant
-            process.stdin.write(video.frame(n).tobytes())
-        process.stdin.close()
-        if process.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed writing {path}: {process.stderr.read().decode()}")
+    """Encode the video through ffmpeg, one encoder thread (videos are written two at a time)."""
+    frames = (video.frame(n) for n in range(math.ceil(round(video.duration * video.fps, 6))))  # through the last instant
+    encode_mp4(path, frames, size, size, video.fps, crf=20, options=("-threads", "1"))
 
 
 def _video_id(cfg: BenchmarkConfig, split: str, index: int) -> str:

@@ -14,6 +14,7 @@ import random
 import string
 import subprocess
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,23 +60,30 @@ def read_frame_index(frame: np.ndarray) -> int:
     return value
 
 
-def write_video(path: Path, duration: float, width: int, height: int, fps: int = 30,
-                colour: tuple[int, int, int] = COLOURS["blue"]) -> None:
-    """Encode ``duration`` seconds of coded frames as h264 mp4 (yuv420p, so any player reads it)."""
-    n_frames = round(duration * fps)
+def encode_mp4(path: Path, frames: Iterable[np.ndarray], width: int, height: int, fps: int, crf: int = 18,
+               options: tuple[str, ...] = ()) -> None:
+    """Encode RGB ``frames`` [height, width, 3] as h264 mp4 (yuv420p, so any player reads it);
+    ``options``: further ffmpeg output options. The file appears only when complete."""
     with atomic_path(path) as tmp:
         command = [
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-g", str(2 * fps),
-            "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp),
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), *options,
+            "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp),
         ]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        for index in range(n_frames):
-            process.stdin.write(draw_frame(index, width, height, colour).tobytes())
+        for frame in frames:
+            process.stdin.write(frame.tobytes())
         process.stdin.close()
         if process.wait() != 0:
             raise RuntimeError(f"ffmpeg failed writing {path}: {process.stderr.read().decode()}")
+
+
+def write_video(path: Path, duration: float, width: int, height: int, fps: int = 30,
+                colour: tuple[int, int, int] = COLOURS["blue"]) -> None:
+    """``duration`` seconds of coded frames (see :func:`draw_frame`)."""
+    frames = (draw_frame(index, width, height, colour) for index in range(round(duration * fps)))
+    encode_mp4(path, frames, width, height, fps, options=("-g", str(2 * fps), "-movflags", "+faststart"))
 
 
 @dataclass(frozen=True)
