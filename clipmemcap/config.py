@@ -7,11 +7,13 @@ reads ``params.yaml`` directly. A run can override any setting with dotted ``key
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from upath import UPath
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -22,8 +24,25 @@ class Strict(BaseModel):
 
 
 class StorageConfig(Strict):
-    root: Path = Path("storage")
+    root: UPath = Field(UPath("storage"), description="a folder, or an object-store URL (s3://bucket/prefix)")
+    work: Path | None = Field(None, description="local folder for downloads and locks; default <root>/cache, "
+                                                "or storage/cache when root is a URL")
     lock_timeout_s: float = Field(3600.0, description="how long a run waits for another run's lock")
+
+    @property
+    def cache(self) -> Path:
+        """Downloads, videos and run locks: always on local disk (yt-dlp, ffmpeg and file locks
+        need one), also when the outputs go to an object store."""
+        if self.work is not None:
+            return self.work
+        return self.root / "cache" if isinstance(self.root, Path) else Path("storage") / "cache"
+
+
+class DaskConfig(Strict):
+    # Read from the environment when params.yaml leaves it unset: the cluster is a property of the
+    # machine a run starts on, not of the experiment, and must not dirty DVC stages.
+    address: str | None = Field(default_factory=lambda: os.environ.get("CLIPMEMCAP_DASK_ADDRESS") or None,
+                                description="Dask scheduler (tcp://host:port) for per-video work; null: local")
 
 
 class SubsetConfig(Strict):
@@ -191,6 +210,7 @@ class BenchmarkConfig(Strict):
 
 class Config(Strict):
     storage: StorageConfig = StorageConfig()
+    dask: DaskConfig = Field(default_factory=DaskConfig)
     activitynet: ActivityNetConfig = ActivityNetConfig()
     coco: CocoConfig = CocoConfig()
     decode: DecodeConfig = DecodeConfig()

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipmemcap.atomic import atomic_path
+from clipmemcap.atomic import atomic_path, on_local_disk
 from clipmemcap.failures import Failure
 
 SCHEMA_VERSION = 1
@@ -101,7 +101,11 @@ def write_image_shard(path: Path, image_ids: np.ndarray, embeddings: np.ndarray,
 
 def read_image_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(image ids [n] int64, embeddings [n, D] float32)."""
-    table = pq.read_table(path)
+    if on_local_disk(path):
+        table = pq.read_table(path)
+    else:
+        with path.open("rb") as handle:  # an object in the store (the flow resuming a shard)
+            table = pq.read_table(handle)
     return table.column("image_id").to_numpy(), _embeddings(table)
 
 

@@ -29,7 +29,7 @@ from clipmemcap.decode import decode_images
 from clipmemcap.failures import Failure
 from clipmemcap.fetch import PermanentDownloadError, TransientDownloadError, fetch_file
 from clipmemcap.ingest import embed_stream, encoder_settings, prepare_shard_dir
-from flows.common import command_line, retry_delays
+from flows.common import command_line, with_retries
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
     """Ingest the configured COCO captions; returns the manifest."""
     cfg = load_config(params, overrides or [])
     coco, logger = cfg.coco, get_run_logger()
-    out, cache = cfg.storage.root / "coco", cfg.storage.root / "cache" / "coco"
+    out, cache = cfg.storage.root / "coco", cfg.storage.cache / "coco"
     shard_dir, image_root = out / "images", coco.images_dir or cache / "images"
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(cache / "run.lock", timeout=cfg.storage.lock_timeout_s):
@@ -95,8 +95,7 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
             if path not in {shard_path(shard_dir, i) for i in by_shard}:
                 path.unlink()
 
-        retrying = download_images.with_options(
-            retries=coco.download.retries, retry_delay_seconds=retry_delays(coco.download.retries, coco.download.retry_delay_s))
+        retrying = with_retries(download_images, coco.download)
         progress = tqdm(total=len(chosen), desc="images", unit="image")
         artifact = create_progress_artifact(0.0, description="COCO images done")
         embedded: set[int] = set()

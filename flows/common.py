@@ -6,10 +6,15 @@ import argparse
 import os
 from collections.abc import Callable
 
+from prefect import Task
 
-def retry_delays(retries: int, first_delay_s: float) -> list[float]:
-    """Doubling back-off: first, 2 x first, 4 x first, ..."""
-    return [first_delay_s * 2**i for i in range(retries)]
+from clipmemcap.config import DownloadConfig, ImageDownloadConfig
+
+
+def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig) -> Task:
+    """``task`` retried ``cfg.retries`` times with doubling back-off: first delay, 2 x, 4 x, ..."""
+    return task.with_options(retries=cfg.retries,
+                             retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(cfg.retries)])
 
 
 def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dict:

@@ -46,3 +46,21 @@ def test_malformed_override_and_missing_file_name_the_input(tmp_path):
         load_config(None, ["novalue"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_storage_root_may_be_an_object_store_and_work_files_stay_local(monkeypatch):
+    local = load_config(ROOT / "params.yaml")
+    assert local.storage.cache == local.storage.root / "cache"
+    remote = load_config(ROOT / "params.yaml", ["storage.root=s3://bucket/prefix"])
+    assert str(remote.storage.root) == "s3://bucket/prefix"
+    assert str(remote.storage.root / "activitynet") == "s3://bucket/prefix/activitynet"
+    assert remote.storage.cache.is_relative_to("storage")  # a local folder, never the bucket
+    assert load_config(ROOT / "params.yaml", ["storage.root=s3://b/p", "storage.work=/tmp/w"]).storage.cache.as_posix() == "/tmp/w"
+
+
+def test_dask_address_comes_from_the_settings_or_the_environment(monkeypatch):
+    monkeypatch.delenv("CLIPMEMCAP_DASK_ADDRESS", raising=False)
+    assert load_config(ROOT / "params.yaml").dask.address is None
+    monkeypatch.setenv("CLIPMEMCAP_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert load_config(ROOT / "params.yaml").dask.address == "tcp://10.0.0.5:8786"
+    assert load_config(ROOT / "params.yaml", ["dask.address=tcp://a:1"]).dask.address == "tcp://a:1"
