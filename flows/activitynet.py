@@ -5,11 +5,18 @@
 The work lives in ``clipmemcap``; this flow says what runs in what order, how many downloads run
 at once, and which failures are retried. Re-running resumes: finished videos are skipped, failed
 ones are tried again.
+
+Locally, downloads run on a thread pool and this process decodes and embeds (decoding the next
+videos while CLIP runs). With ``dask.address`` set (or ``CLIPMEMCAP_DASK_ADDRESS``), each video is
+downloaded, decoded and embedded by one task on that Dask cluster; the frames come back here and
+only this process writes to storage, so workers need no storage credentials.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,23 +24,24 @@ from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 from tqdm import tqdm
 
 from clipmemcap.activitynet import ActivityNetPaths, Video, download_annotations, load_annotations, write_tables
 from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import Config, DownloadConfig, load_config
+from clipmemcap.config import ClipConfig, Config, DownloadConfig, load_config
 from clipmemcap.download import fetch_video
 from clipmemcap.fetch import PermanentDownloadError
 from clipmemcap.failures import Failure
 from clipmemcap.ingest import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir
 from clipmemcap.selection import Stream, plan_streams
 from clipmemcap.shards import frame_shard_path, write_frame_shard
-from flows.common import command_line, retry_delays
+from flows.common import command_line, with_retries
 
 
 def dataset_paths(cfg: Config) -> ActivityNetPaths:
-    return ActivityNetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.root / "cache" / "activitynet")
+    return ActivityNetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.cache / "activitynet")
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,13 +58,38 @@ def download(video: Video, url: str, videos_dir: Path, cfg: DownloadConfig) -> V
         return Failure(video.video_id, "download", str(err))
 
 
-def _outcomes(futures: list, videos: list[Video]) -> Iterator[VideoJob | Failure]:
-    """Download outcomes in candidate order, as each becomes available."""
+@functools.cache
+def _worker_encoder(clip: ClipConfig) -> ClipEncoder:
+    """One CLIP per worker process, loaded by its first task."""
+    return ClipEncoder(clip)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="ingest-{video.video_id}")
+def ingest_video(video: Video, url: str, download_cfg: DownloadConfig, clip: ClipConfig, fps: float,
+                 ffmpeg_threads: int) -> Embedded | Failure:
+    """One video on a cluster worker: download to a scratch folder, decode, embed, return the
+    frames. Errors are handled as in :func:`download`; the video is never kept."""
+    with tempfile.TemporaryDirectory(prefix="clipmemcap-video-") as scratch:
+        try:
+            path = fetch_video(video.video_id, url, Path(scratch), download_cfg)
+        except PermanentDownloadError as err:
+            return Failure(video.video_id, "download", str(err))
+        return next(embed_videos([VideoJob(video, path)], _worker_encoder(clip), fps, 1, ffmpeg_threads))
+
+
+def _outcomes(futures: list, videos: list[Video]) -> Iterator:
+    """Task outcomes in candidate order, as each becomes available."""
     for future, video in zip(futures, videos):
         try:
             yield future.result()
         except Exception as err:  # transient error that outlived its retries: record it
             yield Failure(video.video_id, "download", f"{err} (gave up after retries)")
+
+
+def _task_runner(cfg: Config) -> TaskRunner:
+    if cfg.dask.address:
+        return DaskTaskRunner(address=cfg.dask.address)
+    return ThreadPoolTaskRunner(max_workers=cfg.activitynet.download.concurrency)
 
 
 @flow(name="activitynet-ingest")
@@ -79,14 +112,12 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
         dtype = cfg.clip.embedding_dtype
         settings = encoder_settings(encoder, dtype, fps=net.fps)
         prepare_shard_dir(paths.frames, settings, (paths.out, paths.cache))
-        retrying = download.with_options(
-            retries=net.download.retries,
-            retry_delay_seconds=retry_delays(net.download.retries, net.download.retry_delay_s),
-        )
         streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
-        with ThreadPoolTaskRunner(max_workers=net.download.concurrency) as runner:
+        if cfg.dask.address:
+            logger.info("per-video work runs on the Dask cluster at %s", cfg.dask.address)
+        with _task_runner(cfg) as runner:
             for stream in streams:
-                failures += _fill(stream, runner, retrying, encoder, paths, cfg, logger)
+                failures += _fill(stream, runner, encoder, paths, cfg, logger)
 
         chosen = {split: videos for stream in streams for split, videos in stream.chosen.items()}
         shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
@@ -108,8 +139,24 @@ def _remove_video(paths: ActivityNetPaths, video_id: str) -> None:
         path.unlink()
 
 
-def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: ClipEncoder,
-          paths: ActivityNetPaths, cfg: Config, logger: logging.Logger) -> list[Failure]:
+def _process(videos: list[Video], runner: TaskRunner, encoder: ClipEncoder, paths: ActivityNetPaths,
+             cfg: Config) -> Iterator[Embedded | Failure]:
+    """Each video's frames or failure, in the order of ``videos``."""
+    net = cfg.activitynet
+    urls = [net.video_url_template.format(youtube_id=v.youtube_id) for v in videos]
+    if cfg.dask.address:
+        futures = [runner.submit(with_retries(ingest_video, net.download), {
+            "video": v, "url": url, "download_cfg": net.download, "clip": cfg.clip, "fps": net.fps,
+            "ffmpeg_threads": cfg.decode.ffmpeg_threads}) for v, url in zip(videos, urls)]
+        yield from _outcomes(futures, videos)
+        return
+    futures = [runner.submit(with_retries(download, net.download), {
+        "video": v, "url": url, "videos_dir": paths.videos, "cfg": net.download}) for v, url in zip(videos, urls)]
+    yield from embed_videos(_outcomes(futures, videos), encoder, net.fps, cfg.decode.workers, cfg.decode.ffmpeg_threads)
+
+
+def _fill(stream: Stream, runner: TaskRunner, encoder: ClipEncoder, paths: ActivityNetPaths, cfg: Config,
+          logger: logging.Logger) -> list[Failure]:
     """Process candidates in waves until the stream's splits are full or candidates run out."""
     net, failures = cfg.activitynet, []
     name, total = "/".join(stream.quotas), max(1, stream.missing())
@@ -120,12 +167,8 @@ def _fill(stream: Stream, runner: ThreadPoolTaskRunner, download_task, encoder: 
         wave = stream.next_wave()
         done = [v for v in wave if frame_shard_path(paths.frames, v.video_id).exists()]
         todo = [v for v in wave if v not in done]
-        futures = [runner.submit(download_task, {
-            "video": v, "url": net.video_url_template.format(youtube_id=v.youtube_id),
-            "videos_dir": paths.videos, "cfg": net.download}) for v in todo]
         succeeded = {v.video_id for v in done}
-        for result in embed_videos(_outcomes(futures, todo), encoder, net.fps,
-                                   cfg.decode.workers, cfg.decode.ffmpeg_threads):
+        for result in _process(todo, runner, encoder, paths, cfg):
             if isinstance(result, Embedded):
                 write_frame_shard(frame_shard_path(paths.frames, result.video_id), result.video_id,
                                   result.times, result.embeddings, cfg.clip.embedding_dtype)
