@@ -58,6 +58,19 @@ def cmd_benchmark(args) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
 
 
+def cmd_caption(args) -> None:
+    from clipmemcap.caption import caption_video, timestamp
+    from clipmemcap.evaluation import dense_captioning_results
+
+    rows = caption_video(args.source, _config(args), Path(args.checkpoint) if args.checkpoint else None,
+                         args.segments, args.window)
+    if args.json:
+        print(json.dumps(dense_captioning_results(list(rows)), indent=2))
+        return
+    for row in rows:
+        print(f"{timestamp(row['start'])} - {timestamp(row['end'])}  {row['caption']}", flush=True)
+
+
 def cmd_synth_coco(args) -> None:
     from clipmemcap.synthetic import make_coco_source
 
@@ -87,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_stage)
     with_settings(sub.add_parser("report", help="gather every run's evaluation: metrics/summary.json, "
                                  "reports/results/")).set_defaults(func=cmd_report)
+    caption = with_settings(sub.add_parser(
+        "caption", help="caption a video file or URL with a fine-tuned model",
+        description="Caption a video's segments with a fine-tuned run: one line per segment (start - end, "
+                    "caption), or --json in the dense-captioning format the evaluate stage writes. Streams: "
+                    "memory use does not grow with the video's length."))
+    caption.add_argument("source", help="a video file, or a URL yt-dlp can fetch")
+    which = caption.add_mutually_exclusive_group()
+    which.add_argument("--segments", nargs="+", metavar="START-END", help="segments in seconds, e.g. 0-30 42.5-60")
+    which.add_argument("--window", type=float, metavar="SECONDS", help="consecutive fixed windows, e.g. 30")
+    caption.add_argument("--checkpoint", help="a fine-tuning run folder (storage/models/finetune/<run>-<seed>); "
+                         "default: the latest one")
+    caption.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    caption.set_defaults(func=cmd_caption)
     ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
     ingest.add_argument("dataset", choices=["activitynet", "coco"])
     ingest.set_defaults(func=cmd_ingest)
@@ -111,9 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from clipmemcap.decode import DecodeError
+    from clipmemcap.fetch import DownloadError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DecodeError, DownloadError) as err:
         sys.exit(f"clipmemcap {args.command}: {err}")
 
 

@@ -13,7 +13,6 @@ gradients reach the queries and never the memory. Backends:
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,6 +62,8 @@ class _RowMemory:
     def _index_add(self, n: int) -> None:
         if self.backend == "torch":
             return
+        import faiss  # only its own backends need faiss (a GPU machine may lack it)
+
         evicting = self.added + n > self.capacity
         if self.indexes is None or (evicting and self.backend == "faiss-hnsw"):
             self.indexes = [self._new_index() for _ in range(self.heads)]
@@ -78,6 +79,8 @@ class _RowMemory:
             index.add_with_ids(np.ascontiguousarray(keys[head]), ids.astype(np.int64))
 
     def _new_index(self):
+        import faiss
+
         if self.backend == "faiss-flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         hnsw = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)

@@ -183,6 +183,9 @@ class ImageMapper(nn.Module):
         mean = (frames * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, D]
         return self.map(mean)
 
+    def stream(self, n: int) -> ClipStream:
+        return MeanStream(n, lambda mean, at: self.map(mean[:, 0]))
+
 
 class MLPMapper(ImageMapper):
     """Linear(D -> E*L/2) -> Tanh -> Linear(-> E*L)."""
@@ -274,6 +277,12 @@ def select_frames(lengths: torch.Tensor, window: int, policy: str) -> tuple[torc
 
 
 class TemporalMapper(VideoTransformer):
+    def stream(self, n: int) -> ClipStream:
+        if self.cfg.frame_policy == "mean":
+            return MeanStream(n, lambda mean, at: self.encode(mean, at, torch.ones_like(at, dtype=torch.bool)))
+        index, mask = select_frames(torch.tensor([n]), self.cfg.window, self.cfg.frame_policy)
+        return SelectionStream(n, index[0], lambda frames, times: self.encode(frames, times, mask.to(frames.device)))
+
     def forward(self, frames, times, lengths) -> torch.Tensor:
         if self.cfg.frame_policy == "mean":  # one token: the mean frame at the mean time
             weights = valid_mask(lengths, frames.shape[1]) / lengths.clamp(min=1)[:, None]  # [B, T]
@@ -351,10 +360,113 @@ class MemorizingMapper(VideoTransformer):
             index = (start + chunk * W)[:, None] + torch.arange(W, device=frames.device)[None, :]
             mask = (chunk[:, None] >= 0) & (index >= 0) & (index < lengths[:, None])  # [B, W]
             index = index.clamp(min=0, max=T - 1)
-            memory.active = [b for b in range(B) if chunk[b] >= 0]
-            memory.frame_mask = torch.cat([mask, mask.new_zeros(B, self.cfg.prefix_length)], 1)
-            prefix = self.encode(_gather(frames, index) * mask[..., None], _gather(times, index) * mask, mask, memory)
+            active = [b for b in range(B) if chunk[b] >= 0]
+            prefix = self.step(memory, _gather(frames, index), _gather(times, index), mask, active)
         return prefix
+
+    def step(self, memory: Memory, frames, times, mask, active: list[int]) -> torch.Tensor:
+        """One chunk: frames [B, W, D], times [B, W], mask [B, W] -> prefix [B, L, E]; stores the
+        chunk's frames in the memory of the ``active`` rows."""
+        memory.active = active
+        memory.frame_mask = torch.cat([mask, mask.new_zeros(mask.shape[0], self.cfg.prefix_length)], 1)
+        return self.encode(frames * mask[..., None], times * mask, mask, memory)
+
+    def stream(self, n: int) -> ClipStream:
+        return MemorizingStream(self, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: one clip of a known number of frames, fed in blocks of any size, holding only what
+# its mapper needs (a chunk, the chosen frames, or a running mean), so an hour-long clip never
+# holds all its frames. ``mapper.stream(n)`` gives the prefix ``forward`` gives for the clip.
+
+
+class ClipStream:
+    def __init__(self, n: int):
+        if n < 1:
+            raise ValueError("a clip needs at least one frame")
+        self.n, self.seen = n, 0
+
+    def feed(self, frames: torch.Tensor, times: torch.Tensor) -> None:
+        """The clip's next frames [t, D] and their times [t] (seconds from the clip's start)."""
+        if self.seen + len(frames) > self.n:
+            raise ValueError(f"the clip has {self.n} frames; {self.seen + len(frames)} were fed")
+        self._feed(frames, times)
+        self.seen += len(frames)
+
+    def prefix(self) -> torch.Tensor:
+        """[1, L, E], once all ``n`` frames were fed."""
+        if self.seen != self.n:
+            raise ValueError(f"the clip has {self.n} frames; only {self.seen} were fed")
+        return self._prefix()
+
+
+class MeanStream(ClipStream):
+    """The mean frame at the mean time, [1, 1, D] and [1, 1], handed to ``finish``."""
+
+    def __init__(self, n: int, finish):
+        super().__init__(n)
+        self.finish, self.total, self.total_time = finish, None, None
+
+    def _feed(self, frames, times):
+        block, at = frames.sum(0), times.sum()
+        self.total = block if self.total is None else self.total + block
+        self.total_time = at if self.total_time is None else self.total_time + at
+
+    def _prefix(self):
+        return self.finish((self.total / self.n)[None, None], (self.total_time / self.n).reshape(1, 1))
+
+
+class SelectionStream(ClipStream):
+    """Keeps only the frames at ``index`` [W]; hands them, [1, W, D] and [1, W], to ``finish``."""
+
+    def __init__(self, n: int, index: torch.Tensor, finish):
+        super().__init__(n)
+        self.index, self.finish, self.kept = index.tolist(), finish, {}
+
+    def _feed(self, frames, times):
+        for i in set(self.index) & set(range(self.seen, self.seen + len(frames))):
+            self.kept[i] = (frames[i - self.seen], times[i - self.seen])
+
+    def _prefix(self):
+        frames, times = zip(*(self.kept[i] for i in self.index))
+        return self.finish(torch.stack(frames)[None], torch.stack(times)[None])
+
+
+class MemorizingStream(ClipStream):
+    """Runs each chunk as soon as its frames are in, laid out as ``MemorizingMapper.forward``
+    lays out a clip of n frames: chunks counted back from the end, the first one partial and
+    right-aligned."""
+
+    def __init__(self, mapper: MemorizingMapper, n: int):
+        super().__init__(n)
+        W = mapper.cfg.window
+        self.mapper, self.window = mapper, W
+        self.need = n - (math.ceil(n / W) - 1) * W  # frames of the next chunk; the first may be partial
+        self.frames, self.times, self.last = [], [], None
+        self.memory = Memory(mapper.new_memory(1, mapper.frame_mean.device), mapper.cfg.top_k, W, mapper.cfg.xl_cache)
+
+    def _feed(self, frames, times):
+        self.frames.append(frames)
+        self.times.append(times)
+        while sum(len(f) for f in self.frames) >= self.need:
+            frames, times = torch.cat(self.frames), torch.cat(self.times)
+            chunk, rest = frames[: self.need], frames[self.need :]
+            chunk_times, rest_times = times[: self.need], times[self.need :]
+            self.frames, self.times = [rest], [rest_times]
+            self._run(chunk, chunk_times)
+            self.need = self.window
+
+    def _run(self, frames, times):
+        W, k = self.window, len(frames)
+        pad = W - k  # only the first chunk is short: its frames sit at the window's end
+        window = torch.cat([frames.new_zeros(pad, frames.shape[1]), frames])[None]  # [1, W, D]
+        window_times = torch.cat([times.new_zeros(pad), times])[None]
+        mask = (torch.arange(W, device=frames.device) >= pad)[None]
+        self.last = self.mapper.step(self.memory, window, window_times, mask, [0])
+
+    def _prefix(self):
+        return self.last
 
 
 MAPPERS = {"mlp": MLPMapper, "transformer": TransformerMapper, "temporal": TemporalMapper,

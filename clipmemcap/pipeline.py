@@ -33,6 +33,7 @@ from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
 from clipmemcap.train import CaptionModel, train
 
 log = logging.getLogger(__name__)
+CLIP_SETTINGS = "clip.json"  # in a fine-tuning run's folder: the CLIP its training frames came from
 
 
 def models_dir(cfg: Config) -> Path:
@@ -95,12 +96,36 @@ def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None) -> 
 
 
 def finetune(cfg: Config, run: str, seed: int) -> dict:
-    dataset, name = cfg.storage.root / "activitynet", run_name(run, seed)
+    dataset, out = cfg.storage.root / "activitynet", finetune_dir(cfg, run, seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model, _ = initial_finetune_model(cfg, run, seed, tokenizer)
-    return train(model, ActivityNetClips(dataset, "train"), ActivityNetClips(dataset, "val"), tokenizer,
-                 cfg.finetune.run(run, seed)[2], models_dir(cfg) / "finetune" / name,
-                 live_dir=Path("reports/finetune") / name, fingerprint=_fingerprint(cfg, model, dataset))
+    metrics = train(model, ActivityNetClips(dataset, "train"), ActivityNetClips(dataset, "val"), tokenizer,
+                    cfg.finetune.run(run, seed)[2], out, live_dir=Path("reports/finetune") / run_name(run, seed),
+                    fingerprint=_fingerprint(cfg, model, dataset))
+    # The CLIP settings the model was trained on travel with it: `clipmemcap caption` refuses
+    # frames embedded by any other CLIP.
+    write_json(out / CLIP_SETTINGS, json.loads((dataset / "manifest.json").read_text())["clip"])
+    return metrics
+
+
+def finetune_dir(cfg: Config, run: str, seed: int) -> Path:
+    return models_dir(cfg) / "finetune" / run_name(run, seed)
+
+
+def load_caption_model(cfg: Config, run_dir: Path) -> tuple[CaptionModel, object]:
+    """(model, tokenizer) of a fine-tuning run's best weights, in eval mode on the configured device."""
+    trained = run_dir / "best"
+    if not (trained / "mapper").exists():
+        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({run_dir.name}) first")
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
+    gpt2_source = trained / "gpt2" if (trained / "gpt2").exists() else _gpt2_source(cfg, models_dir(cfg) / "pretrain" / "best")
+    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(gpt2_source), tokenizer.eos_token_id))
+    return model.to(resolve_device(cfg.finetune.train.device)).eval(), tokenizer
+
+
+def stop_ids(cfg: Config, tokenizer) -> tuple[int, ...]:
+    return tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()
 
 
 def evaluation_dir(cfg: Config, run: str, seed: int) -> Path:
@@ -114,25 +139,16 @@ def run_metrics_path(run: str, seed: int) -> Path:
 
 def evaluate(cfg: Config, run: str, seed: int) -> dict:
     """Decode every test clip with the run's best fine-tuned weights; write predictions and metrics."""
-    dataset, name = cfg.storage.root / "activitynet", run_name(run, seed)
-    trained = models_dir(cfg) / "finetune" / name / "best"
-    if not (trained / "mapper").exists():
-        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({name}) first")
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
-    # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
-    gpt2_source = trained / "gpt2" if (trained / "gpt2").exists() else _gpt2_source(cfg, models_dir(cfg) / "pretrain" / "best")
-    device = resolve_device(cfg.finetune.train.device)
-    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(gpt2_source), tokenizer.eos_token_id))
-    model = model.to(device).eval()
-    stop_ids = tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()
-    clips = ActivityNetClips(dataset, "test")
+    model, tokenizer = load_caption_model(cfg, finetune_dir(cfg, run, seed))
+    device, stops = next(model.parameters()).device, stop_ids(cfg, tokenizer)
+    clips = ActivityNetClips(cfg.storage.root / "activitynet", "test")
     rows = []
     for first in range(0, len(clips), cfg.evaluate.batch_size):
         indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
         batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
         with torch.inference_mode():
             prefix = model.mapper(batch.frames.to(device), batch.times.to(device), batch.lengths.to(device))
-        texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stop_ids))
+        texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stops))
         for i, frames, text in zip(indices, batch.lengths.tolist(), texts):
             segment = clips.rows[i]
             rows.append({"video_id": segment["video_id"], "segment": segment["segment"], "start": segment["start"],

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import open_clip
@@ -90,6 +91,19 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     for name in ("reports/results/plot.png", "reports/pretrain/plots/metrics/train/loss.tsv",
                  "reports/finetune/memorizing-0/plots/metrics/train/loss.tsv"):
         assert name in plots
+
+    # `clipmemcap caption` with the pipeline's checkpoints gives the evaluate stage's captions
+    with zipfile.ZipFile(repo / "storage" / "benchmark" / "captions.zip") as archive:
+        annotations = json.loads(archive.read("val_1.json"))
+    for name in ("memorizing", "uniform"):
+        predictions = json.loads((repo / "storage" / "evaluation" / f"{name}-0" / "predictions.json").read_text())
+        video = predictions[0]["video_id"]
+        expected = [r["prediction"] for r in sorted((r for r in predictions if r["video_id"] == video),
+                                                      key=lambda r: r["segment"])]
+        spans = [f"{start}-{end}" for start, end in annotations[video]["timestamps"]]  # as annotated
+        shown = json.loads(run([sys.executable, "-m", "clipmemcap.cli", "caption", f"storage/benchmark/videos/{video}.mp4",
+                                "--checkpoint", f"storage/models/finetune/{name}-0", "--json", "--segments", *spans], repo))
+        assert [c["sentence"] for c in shown["results"][video]] == expected, name
 
     stages = 4 + 2 * len(runs) + 1
     assert run(["dvc", "repro"], repo).count("didn't change") == stages  # everything cached

@@ -186,3 +186,34 @@ def test_xl_cache_lets_the_local_attention_see_the_previous_chunk():
     with torch.no_grad():
         assert torch.equal(plain(*batch([(frames, times)])), plain(*batch([(changed, times)])))
         assert (xl(*batch([(frames, times)])) - xl(*batch([(changed, times)]))).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name,options", [("video-memorizing", {}), ("video-memorizing", {"xl_cache": True}),
+                                          ("video-temporal", {}), ("video-temporal", {"frame_policy": "last"}),
+                                          ("video-temporal", {"frame_policy": "mean"}),
+                                          ("clipcap-transformer", {}), ("clipcap-mlp", {})])
+def test_streaming_a_clip_in_blocks_gives_the_prefix_of_the_whole_clip(name, options):
+    mapper = tiny(name, **options)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 4, 5, 13, 16, 37):
+        frames, times = clip(n, n)
+        with torch.no_grad():
+            whole = mapper(*batch([(frames, times)]))
+            stream, fed = mapper.stream(n), 0
+            while fed < n:  # blocks of random sizes, as decoding hands them over
+                size = int(rng.integers(1, 7))
+                stream.feed(frames[fed : fed + size], times[fed : fed + size])
+                fed += size
+            assert (stream.prefix() - whole).abs().max() <= 1e-5, (name, options, n)
+
+
+def test_a_stream_refuses_too_many_or_too_few_frames():
+    stream = tiny("video-memorizing").stream(5)
+    frames, times = clip(6, 0)
+    with pytest.raises(ValueError, match="5 frames; 6 were fed"):
+        stream.feed(frames, times)
+    stream.feed(frames[:4], times[:4])
+    with pytest.raises(ValueError, match="only 4 were fed"):
+        stream.prefix()
+    with pytest.raises(ValueError, match="at least one frame"):
+        tiny("video-temporal").stream(0)

@@ -1,0 +1,174 @@
+"""Caption any video with a fine-tuned model: ``clipmemcap caption PATH_OR_URL``.
+
+The pipeline's own parts do the work: yt-dlp for URLs (:func:`clipmemcap.download.fetch_video`),
+ffmpeg on the fps grid (:func:`clipmemcap.decode.decode_range`), CLIP through the embedding
+pipeline (decoding ahead of CLIP), the run's mapper and GPT-2, beam search. A clip streams
+through in pieces: each piece is decoded, embedded and fed to the mapper (``mapper.stream``; the
+memorizing mapper keeps its kNN memory across pieces), so memory use does not grow with the
+clip's length. Embeddings are rounded to the dataset's storage dtype first, exactly as the model
+saw its training and test frames, so a test clip gets the caption the evaluate stage wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipmemcap.clip_encoder import ClipEncoder
+from clipmemcap.config import Config
+from clipmemcap.decode import decode_range
+from clipmemcap.decoding import beam_search, captions
+from clipmemcap.download import fetch_video, probe_video
+from clipmemcap.failures import Failure
+from clipmemcap.fetch import DownloadError, PermanentDownloadError, is_local
+from clipmemcap.grid import grid_range
+from clipmemcap.ingest import embed_stream, encoder_settings
+from clipmemcap.pipeline import CLIP_SETTINGS, load_caption_model, models_dir, stop_ids
+
+PIECE_FRAMES = 256  # frames decoded per piece of a clip: what streams through at once, per decoder
+
+
+class CaptionError(ValueError):
+    """Bad input to ``clipmemcap caption``; the message names it."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    segment: int
+    start: float  # the segment's start (s)
+    frames: range  # grid frames of this piece
+
+
+def latest_checkpoint(cfg: Config) -> Path:
+    """The most recently trained fine-tuning run folder."""
+    root = models_dir(cfg) / "finetune"
+    runs = sorted(root.glob(f"*/{CLIP_SETTINGS}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CaptionError(f"no fine-tuned model under {root}: run `dvc repro` (or `clipmemcap finetune`) "
+                           "first, or pass --checkpoint")
+    return runs[-1].parent
+
+
+def check_clip(checkpoint: Path, encoder: ClipEncoder, cfg: Config) -> None:
+    """Refuse a checkpoint trained on frames of another CLIP (model, weights, size, dtype, fps)."""
+    record = checkpoint / CLIP_SETTINGS
+    if not record.is_file():
+        raise CaptionError(f"{checkpoint} is not a fine-tuning run of this pipeline (no {CLIP_SETTINGS})")
+    trained = json.loads(record.read_text())
+    current = encoder_settings(encoder, cfg.clip.embedding_dtype, fps=cfg.activitynet.fps)
+    differ = {k: (trained.get(k), current.get(k)) for k in sorted(set(trained) | set(current))
+              if trained.get(k) != current.get(k)}
+    if differ:
+        listed = "; ".join(f"{k}: trained {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise CaptionError(f"{checkpoint} was trained on frames of another CLIP than the configured one ({listed}); "
+                           "use the settings it was trained with (--params/--set clip.*)")
+
+
+def video_name(source: str) -> str:
+    """A file-name-safe id: the file's stem, or the URL's ``v=`` parameter or last path part."""
+    if is_local(source):
+        return Path(source).stem
+    url = urlparse(source)
+    name = parse_qs(url.query).get("v", [Path(url.path).stem])[0]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "video"
+
+
+def open_video(source: str, cfg: Config) -> tuple[Path, float]:
+    """(local file, duration in s) of a path or a URL (downloaded with the pipeline's yt-dlp settings)."""
+    if is_local(source):
+        path = Path(source)
+        if not path.is_file():
+            raise CaptionError(f"no such video file: {source}")
+    else:
+        try:
+            path = fetch_video(video_name(source), source, cfg.storage.cache / "caption", cfg.activitynet.download)
+        except DownloadError as err:
+            raise CaptionError(f"could not download {source}: {err}") from None
+    try:
+        return path, probe_video(path)
+    except PermanentDownloadError as err:
+        raise CaptionError(f"{source} is not a readable video: {err}") from None
+
+
+def plan_segments(duration: float, spans: list[str] | None, window: float | None) -> list[tuple[float, float]]:
+    """``START-END`` strings (seconds), fixed windows of ``window`` s, or the whole video."""
+    if spans:
+        segments = []
+        for text in spans:
+            match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*-\s*(\d+(?:\.\d*)?)\s*", text)
+            if not match:
+                raise CaptionError(f"segment {text!r} is not START-END in seconds, e.g. 12.5-40")
+            start, end = float(match[1]), float(match[2])
+            # a millisecond of slack: annotated ends are the container's duration, rounded
+            if not start < end <= duration + 1e-3:
+                raise CaptionError(f"segment {text!r} lies outside the video (0-{duration:.2f} s) or ends before it starts")
+            segments.append((start, min(end, duration)))
+        return segments
+    if window is not None:
+        if window <= 0:
+            raise CaptionError(f"--window must be positive, not {window}")
+        return [(k * window, min((k + 1) * window, duration)) for k in range(math.ceil(duration / window))]
+    return [(0.0, duration)]
+
+
+def caption_video(source: str, cfg: Config, checkpoint: Path | None = None, spans: list[str] | None = None,
+                  window: float | None = None) -> Iterator[dict]:
+    """Rows ``{video_id, start, end, frames, caption}``, one per segment, in order, each as soon
+    as its segment is done."""
+    checkpoint = checkpoint or latest_checkpoint(cfg)
+    encoder = ClipEncoder(cfg.clip)
+    check_clip(checkpoint, encoder, cfg)
+    path, duration = open_video(source, cfg)
+    fps = cfg.activitynet.fps
+    segments = plan_segments(duration, spans, window)
+    grids = [grid_range(start, end, fps) for start, end in segments]
+    for (start, end), grid in zip(segments, grids):
+        if not len(grid):
+            raise CaptionError(f"segment {start:g}-{end:g} holds no frame of the {fps:g} fps grid")
+    model, tokenizer = load_caption_model(cfg, checkpoint)
+    device, stops = next(model.parameters()).device, stop_ids(cfg, tokenizer)
+
+    pieces = [Piece(i, start, range(first, min(first + PIECE_FRAMES, grid.stop)))
+              for i, ((start, _), grid) in enumerate(zip(segments, grids))
+              for first in range(grid.start, grid.stop, PIECE_FRAMES)]
+
+    def decode(piece: Piece):
+        return decode_range(path, piece.frames, fps, encoder.image_size, encoder.batch_size, cfg.decode.ffmpeg_threads)
+
+    progress = tqdm(total=sum(len(g) for g in grids), unit="frame", desc=video_name(source), file=sys.stderr,
+                    disable=None)
+    streams: dict[int, object] = {}
+    for out in embed_stream(pieces, encoder, decode, lambda p: f"{p.segment}:{p.frames.start}", cfg.decode.workers):
+        if isinstance(out, Failure):
+            raise CaptionError(f"{source}: cannot decode {segments[int(out.key.split(':')[0])]}: {out.reason}")
+        piece, embeddings = out
+        # as stored in the dataset's shards, and as read back by training and evaluation
+        embeddings = embeddings.astype(cfg.clip.embedding_dtype).astype(np.float32)
+        times = (np.arange(piece.frames.start, piece.frames.stop) / fps).astype(np.float32) - np.float32(piece.start)
+        stream = streams.setdefault(piece.segment, model.mapper.stream(len(grids[piece.segment])))
+        with torch.inference_mode():
+            stream.feed(torch.from_numpy(embeddings).to(device), torch.from_numpy(times).to(device))
+        progress.update(len(piece.frames))
+        if stream.seen == stream.n:
+            with torch.inference_mode():
+                tokens = beam_search(model.lm, streams.pop(piece.segment).prefix(), cfg.evaluate.beam,
+                                     cfg.evaluate.max_tokens, stops)
+            start, end = segments[piece.segment]
+            yield {"video_id": video_name(source), "start": start, "end": end, "frames": stream.n,
+                   "caption": captions(tokenizer, tokens)[0]}
+    progress.close()
+
+
+def timestamp(seconds: float) -> str:
+    minutes, s = divmod(seconds, 60)
+    return f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
