@@ -35,11 +35,15 @@ def load_tokenizer(source: str | Path) -> GPT2TokenizerFast:
 
 def load_gpt2(source: str | Path | GPT2Config) -> GPT2LMHeadModel:
     """Pretrained weights by hub name or local folder; random weights from a GPT2Config or the
-    path of one saved as JSON."""
-    if isinstance(source, GPT2Config):
-        return GPT2LMHeadModel(source)
+    path of one saved as JSON. Random weights are always the same for the same config (seed 0,
+    without touching the caller's RNG): torch seeds each process differently, and every stage
+    and every re-run must build the same network."""
     if str(source).endswith(".json"):
-        return GPT2LMHeadModel(GPT2Config.from_json_file(str(source)))
+        source = GPT2Config.from_json_file(str(source))
+    if isinstance(source, GPT2Config):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return GPT2LMHeadModel(source)
     return GPT2LMHeadModel.from_pretrained(str(source))
 
 
