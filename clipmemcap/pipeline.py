@@ -25,7 +25,7 @@ import torch
 from clipmemcap.atomic import write_json
 from clipmemcap.clip_data import ActivityNetClips, CocoCaptions, collate, frame_statistics
 from clipmemcap.devices import resolve_device
-from clipmemcap.config import Config, StageTrainConfig
+from clipmemcap.config import Config
 from clipmemcap.decoding import beam_search, captions
 from clipmemcap.evaluation import caption_metrics, dense_captioning_results
 from clipmemcap.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared

@@ -1,6 +1,4 @@
 import json
-import lzma
-from pathlib import Path
 
 import pytest
 

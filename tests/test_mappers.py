@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from clipmemcap.knn_memory import KNNMemory
 from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared, save_mapper, select_frames
 
 TINY = dict(clip_dim=16, embed_dim=32, heads=4, layers=3, prefix_length=3, clip_length=2, window=4, top_k=4)
