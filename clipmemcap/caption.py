@@ -145,12 +145,12 @@ def caption_video(source: str, cfg: Config, checkpoint: Path | None = None, span
     def decode(piece: Piece):
         return decode_range(path, piece.frames, fps, encoder.image_size, encoder.batch_size, cfg.decode.ffmpeg_threads)
 
-    progress = tqdm(total=sum(len(g) for g in grids), unit="frame", desc=video_name(source), file=sys.stderr,
-                    disable=None)
+    name = video_name(source)
+    progress = tqdm(total=sum(len(g) for g in grids), unit="frame", desc=name, file=sys.stderr, disable=None)
     streams: dict[int, object] = {}
-    for out in embed_stream(pieces, encoder, decode, lambda p: f"{p.segment}:{p.frames.start}", cfg.decode.workers):
+    for out in embed_stream(pieces, encoder, decode, lambda p: str(p.segment), cfg.decode.workers):
         if isinstance(out, Failure):
-            raise CaptionError(f"{source}: cannot decode {segments[int(out.key.split(':')[0])]}: {out.reason}")
+            raise CaptionError(f"{source}: cannot decode segment {segments[int(out.key)]}: {out.reason}")
         piece, embeddings = out
         # as stored in the dataset's shards, and as read back by training and evaluation
         embeddings = embeddings.astype(cfg.clip.embedding_dtype).astype(np.float32)
@@ -164,7 +164,7 @@ def caption_video(source: str, cfg: Config, checkpoint: Path | None = None, span
                 tokens = beam_search(model.lm, streams.pop(piece.segment).prefix(), cfg.evaluate.beam,
                                      cfg.evaluate.max_tokens, stops)
             start, end = segments[piece.segment]
-            yield {"video_id": video_name(source), "start": start, "end": end, "frames": stream.n,
+            yield {"video_id": name, "start": start, "end": end, "frames": stream.n,
                    "caption": captions(tokenizer, tokens)[0]}
     progress.close()
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from upath import UPath
 
+from clipmemcap.atomic import on_local_disk
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -35,7 +37,7 @@ class StorageConfig(Strict):
         need one), also when the outputs go to an object store."""
         if self.work is not None:
             return self.work
-        return self.root / "cache" if isinstance(self.root, Path) else Path("storage") / "cache"
+        return self.root / "cache" if on_local_disk(self.root) else Path("storage") / "cache"
 
 
 class DaskConfig(Strict):

@@ -443,19 +443,17 @@ class MemorizingStream(ClipStream):
         W = mapper.cfg.window
         self.mapper, self.window = mapper, W
         self.need = n - (math.ceil(n / W) - 1) * W  # frames of the next chunk; the first may be partial
-        self.frames, self.times, self.last = [], [], None
+        self.pending, self.last = None, None  # frames and times short of the next chunk
         self.memory = Memory(mapper.new_memory(1, mapper.frame_mean.device), mapper.cfg.top_k, W, mapper.cfg.xl_cache)
 
     def _feed(self, frames, times):
-        self.frames.append(frames)
-        self.times.append(times)
-        while sum(len(f) for f in self.frames) >= self.need:
-            frames, times = torch.cat(self.frames), torch.cat(self.times)
-            chunk, rest = frames[: self.need], frames[self.need :]
-            chunk_times, rest_times = times[: self.need], times[self.need :]
-            self.frames, self.times = [rest], [rest_times]
-            self._run(chunk, chunk_times)
-            self.need = self.window
+        if self.pending is not None:
+            frames, times = torch.cat([self.pending[0], frames]), torch.cat([self.pending[1], times])
+        first = 0
+        while len(frames) - first >= self.need:
+            self._run(frames[first : first + self.need], times[first : first + self.need])
+            first, self.need = first + self.need, self.window
+        self.pending = (frames[first:], times[first:])
 
     def _run(self, frames, times):
         W, k = self.window, len(frames)
