@@ -74,21 +74,29 @@ class CocoCaptions:
                       row["caption"])
 
 
-def frame_statistics(data) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation of the frames of ``data``'s samples, each image
-    (or video: its first clip) counted once, though a COCO image has several captions."""
-    seen, total, squares, count = set(), 0.0, 0.0, 0
+def frame_statistics(data, ridge: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and ZCA whitening matrix [D, D] of the frames of ``data``'s samples, each image
+    (or video: its first clip) counted once, though a COCO image has several captions.
+
+    ``(x - mean) @ whitening`` has identity covariance in every direction whose variance is well
+    above ``ridge`` times the mean variance; weaker directions (float16 rounding noise in a
+    random CLIP's embeddings) are damped instead of amplified."""
+    seen, total, products, count = set(), 0.0, 0.0, 0
     for i in range(len(data)):
         sample = data[i]
         if sample.key[0] in seen:
             continue
         seen.add(sample.key[0])
         frames = sample.frames.astype(np.float64)
-        total, squares, count = total + frames.sum(0), squares + (frames**2).sum(0), count + len(frames)
+        total, products, count = total + frames.sum(0), products + frames.T @ frames, count + len(frames)
     if not count:
         raise ValueError("no frames to take statistics of: the training data is empty")
     mean = total / count
-    return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean**2, 0.0)).astype(np.float32)
+    covariance = products / count - np.outer(mean, mean)
+    variances, axes = np.linalg.eigh(covariance)
+    floor = ridge * max(float(np.trace(covariance)) / len(covariance), np.finfo(np.float32).tiny)
+    whitening = axes @ np.diag((np.maximum(variances, 0.0) + floor) ** -0.5) @ axes.T
+    return mean.astype(np.float32), whitening.astype(np.float32)
 
 
 @dataclass

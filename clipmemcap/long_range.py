@@ -11,8 +11,8 @@ model sees every frame and memory cannot help.
 :func:`make_source` writes real h264 videos, each holding ``clips_per_video`` clips back to back
 (its captioned segments, as in ActivityNet), an official-format ``captions.zip``, and one-event
 still images in COCO's format for pre-training; the flows ingest them like the real datasets.
-Video ids derive from the settings and the drawing code's version, so changed settings never
-reuse an old video's frames.
+Video ids derive from the settings, the number of videos and the drawing code's version, so
+changed settings never reuse an old video's frames.
 """
 
 from __future__ import annotations
@@ -131,8 +131,10 @@ def write_video(path: Path, video: Video, size: int) -> None:
     encode_mp4(path, frames, size, size, video.fps, crf=20, options=("-threads", "1"))
 
 
-def _video_id(cfg: BenchmarkConfig, split: str, index: int) -> str:
-    digest = hashlib.sha256(f"{VERSION}|{cfg.model_dump_json()}|{split}|{index}".encode()).hexdigest()
+def _video_id(cfg: BenchmarkConfig, counts: dict[str, int], split: str, index: int) -> str:
+    """One random stream draws every video in turn, so a video's content depends on the settings
+    and on how many videos each file holds, not only on its own place."""
+    digest = hashlib.sha256(f"{VERSION}|{cfg.model_dump_json()}|{sorted(counts.items())}|{split}|{index}".encode()).hexdigest()
     return f"v_{digest[:11]}"
 
 
@@ -155,7 +157,7 @@ def plan(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[str, dict[str, Vide
                 duration = round(rng.uniform(low, high) * cfg.video_fps) / cfg.video_fps
                 clips.append(Clip(rng, duration, cfg))
                 index += 1
-            files[name][_video_id(cfg, name, number)] = Video(clips, cfg.video_fps)
+            files[name][_video_id(cfg, counts, name, number)] = Video(clips, cfg.video_fps)
     return files
 
 

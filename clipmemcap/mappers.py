@@ -226,16 +226,18 @@ class TransformerMapper(ImageMapper):
 
 class VideoTransformer(nn.Module):
     """W frame tokens (projection + time encoding) and L learned prefix tokens through the
-    Transformer; returns the prefix tokens' outputs. Frames are standardised with the training
-    data's per-dimension mean and deviation (buffers set by pre-training, identity until then):
-    the same function class, but an optimiser that starts on equal footing in every dimension
-    (random-weight CLIP embeddings vary by ~0.3 % of their norm)."""
+    Transformer; returns the prefix tokens' outputs. Frames are centred and whitened with the
+    training data's statistics (buffers set by pre-training, identity until then): the same
+    function class, but an optimiser that starts on equal footing in every direction. Without
+    it, gradient descent learns the few directions that hold most of the variance first: in the
+    benchmark's random-weight CLIP embeddings colour holds 74 % of it and shape 5 %, and the
+    captioners learned colours but not shapes."""
 
     def __init__(self, cfg: MapperConfig):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("frame_mean", torch.zeros(cfg.clip_dim))
-        self.register_buffer("frame_std", torch.ones(cfg.clip_dim))
+        self.register_buffer("frame_whitening", torch.eye(cfg.clip_dim))  # [D, D]
         self.frame_proj = nn.Linear(cfg.clip_dim, cfg.embed_dim)
         self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_length, cfg.embed_dim))
         self.transformer = Transformer(cfg, cfg.knn_layers)
@@ -243,16 +245,16 @@ class VideoTransformer(nn.Module):
     def encode(self, frames, times, frame_mask, memory: Memory | None = None) -> torch.Tensor:
         """frames [B, W, D], times [B, W], frame_mask [B, W] -> prefix [B, L, E]."""
         B, W, _ = frames.shape
-        frames = (frames - self.frame_mean) / self.frame_std
+        frames = (frames - self.frame_mean) @ self.frame_whitening
         x = self.frame_proj(frames) + time_encoding(times, self.cfg.embed_dim, self.cfg.time_scale)
         x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)  # [B, W + L, E]
         key_mask = torch.cat([frame_mask, frame_mask.new_ones(B, self.cfg.prefix_length)], 1)
         return self.transformer(x, key_mask, memory)[:, W:]
 
-
-    def set_frame_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+    def set_frame_statistics(self, mean: np.ndarray, whitening: np.ndarray) -> None:
+        """mean [D] and whitening [D, D] (see :func:`clipmemcap.clip_data.frame_statistics`)."""
         self.frame_mean.copy_(torch.as_tensor(mean))
-        self.frame_std.copy_(torch.as_tensor(std).clamp(min=1e-6))
+        self.frame_whitening.copy_(torch.as_tensor(whitening))
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

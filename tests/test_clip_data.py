@@ -60,7 +60,20 @@ def test_frame_statistics_count_each_image_once(tmp_path):
     samples = [Sample((1, 0), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "a"),
                Sample((1, 1), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "b"),  # same image
                Sample((2, 0), np.array([[3.0, 10.0]], np.float32), np.zeros(1, np.float32), "c")]
-    mean, std = frame_statistics(samples)
-    assert mean.tolist() == [2.0, 10.0] and std.tolist() == [1.0, 0.0]
+    mean, _ = frame_statistics(samples)
+    assert mean.tolist() == [2.0, 10.0]
     with pytest.raises(ValueError, match="training data is empty"):
         frame_statistics([])
+
+
+def test_frame_statistics_whiten_strong_directions_and_damp_noise():
+    rng = np.random.default_rng(0)
+    # correlated strong directions of very different variance, and one of rounding noise
+    signal = rng.normal(size=(4000, 3)) * [10.0, 1.0, 0.5] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    frames = np.concatenate([signal, 1e-4 * rng.normal(size=(4000, 1))], 1).astype(np.float32) + 5.0
+    samples = [Sample((i, 0), frames[i : i + 1], np.zeros(1, np.float32), "a") for i in range(len(frames))]
+    mean, whitening = frame_statistics(samples, ridge=1e-4)
+    white = (frames - mean) @ whitening
+    covariance = np.cov(white.T)
+    assert np.allclose(covariance[:3, :3], np.eye(3), atol=0.02)  # every signal direction at unit variance
+    assert covariance[3, 3] < 1e-3  # the noise direction is not blown up to unit variance

@@ -19,7 +19,7 @@ def test_the_real_experiment_preset_holds_the_published_settings():
 def test_the_committed_params_run_the_benchmark_offline():
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.activitynet.fps == 5 and "://" not in cfg.activitynet.annotations_url + cfg.coco.captions_url
-    assert cfg.clip.model == "TinyViT" and cfg.clip.pretrained is None
+    assert cfg.clip.model == "TinyViT-112" and cfg.clip.pretrained is None
     assert (ROOT / cfg.model.lm).is_file() and (ROOT / cfg.model.tokenizer / "vocab.json").is_file()
     assert cfg.finetune.seeds == (0, 1, 2) and cfg.report.slot_accuracy
     policies = {name: run.mapper_overrides.get("frame_policy") for name, run in cfg.finetune.runs.items()}

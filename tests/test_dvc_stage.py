@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-import clipmemcap.clip_encoder  # noqa: F401  (registers the TinyViT config with open_clip)
+import clipmemcap.clip_encoder  # noqa: F401  (registers the tiny CLIP configs with open_clip)
 from clipmemcap.config import apply_overrides, load_config
 from clipmemcap.prefix_lm import load_gpt2
 from conftest import GPT2_TINY, ROOT
@@ -56,7 +56,8 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     # Pretrained weights cannot be downloaded here: the stages load real weights from disk, as a
     # user's would, saved by this test from the tiny configs.
     torch.manual_seed(0)
-    torch.save(open_clip.create_model("TinyViT", pretrained=None).state_dict(), tmp_path / "clip.pt")
+    clip_model = yaml.safe_load((ROOT / "params.yaml").read_text())["clip"]["model"]
+    torch.save(open_clip.create_model(clip_model, pretrained=None).state_dict(), tmp_path / "clip.pt")
     load_gpt2(GPT2_TINY).save_pretrained(tmp_path / "gpt2")
     settings = REDUCED + [f"clip.pretrained={tmp_path / 'clip.pt'}", f"model.lm={tmp_path / 'gpt2'}"]
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)

@@ -94,6 +94,9 @@ def test_changed_settings_make_new_videos_and_drop_the_old(tmp_path):
     make_source(CFG.model_copy(update={"event_size": 0.5}), SUBSET, tmp_path)
     after = set((tmp_path / "videos").glob("*.mp4"))
     assert len(after) == len(before) and not after & before
+    # more training videos: every later video is drawn differently, test videos included
+    more = SUBSET.model_copy(update={"train_videos": SUBSET.train_videos + 1})
+    assert not set(plan(CFG, SUBSET)["val_1.json"]) & set(plan(CFG, more)["val_1.json"])
 
 
 @pytest.mark.parametrize("prediction,score", [

@@ -60,19 +60,21 @@ def test_the_mean_policy_sees_one_frame_the_mean_of_the_clip_at_its_mean_time():
     assert (pooled - single).abs().max() <= 1e-5 and (pooled - other).abs().max() > 1e-3
 
 
-def test_frame_statistics_standardise_the_input_and_travel_with_the_weights(tmp_path):
+def test_frame_statistics_whiten_the_input_and_travel_with_the_weights(tmp_path):
     mapper = tiny("video-temporal")
     frames, times = clip(6, 1)
-    mean, std = np.full(16, 0.5, np.float32), np.full(16, 2.0, np.float32)
-    mapper.set_frame_statistics(mean, std)
+    mean = np.full(16, 0.5, np.float32)
+    whitening = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    mapper.set_frame_statistics(mean, whitening)
     reference = tiny("video-temporal")  # identity statistics, same weights
     with torch.no_grad():
-        assert torch.allclose(mapper(*batch([(frames, times)])), reference(*batch([((frames - 0.5) / 2, times)])), atol=1e-5)
+        whitened = (frames - 0.5) @ torch.from_numpy(whitening)
+        assert torch.allclose(mapper(*batch([(frames, times)])), reference(*batch([(whitened, times)])), atol=1e-5)
     save_mapper(mapper, tmp_path / "m")
-    assert torch.equal(load_mapper(tmp_path / "m").frame_std, mapper.frame_std)
+    assert torch.equal(load_mapper(tmp_path / "m").frame_whitening, mapper.frame_whitening)
     memorizing = tiny("video-memorizing")
-    assert {"frame_mean", "frame_std"} <= set(load_shared(memorizing, mapper.state_dict()))
-    assert torch.equal(memorizing.frame_mean, mapper.frame_mean)
+    assert {"frame_mean", "frame_whitening"} <= set(load_shared(memorizing, mapper.state_dict()))
+    assert torch.equal(memorizing.frame_whitening, mapper.frame_whitening)
 
 
 def test_an_unknown_frame_policy_is_refused_by_name():
