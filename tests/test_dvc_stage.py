@@ -55,12 +55,12 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     # Pretrained weights cannot be downloaded here: the stages load real weights from disk, as a
     # user's would, saved by this test from the tiny configs.
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
     torch.manual_seed(0)
-    clip_model = yaml.safe_load((ROOT / "params.yaml").read_text())["clip"]["model"]
-    torch.save(open_clip.create_model(clip_model, pretrained=None).state_dict(), tmp_path / "clip.pt")
+    torch.save(open_clip.create_model(committed["clip"]["model"], pretrained=None).state_dict(), tmp_path / "clip.pt")
     load_gpt2(GPT2_TINY).save_pretrained(tmp_path / "gpt2")
     settings = REDUCED + [f"clip.pretrained={tmp_path / 'clip.pt'}", f"model.lm={tmp_path / 'gpt2'}"]
-    params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)
+    params = apply_overrides(committed, settings)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(repo / "params.yaml")  # still valid settings
     run(["git", "init", "-q"], repo)
