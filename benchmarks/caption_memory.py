@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipmemcap.synthetic import write_video
+from clipmemcap.sources.synthetic import write_video
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from clipmemcap.synthetic import write_captions_zip, write_video
+from clipmemcap.sources.synthetic import write_captions_zip, write_video
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config
 
-from clipmemcap.decoding import beam_search
-from clipmemcap.prefix_lm import PrefixLM, load_gpt2
+from clipmemcap.model.beam import beam_search
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import best_times, print_table  # noqa: E402

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config
 
-from clipmemcap.decoding import beam_search
-from clipmemcap.mappers import MapperConfig, build_mapper
-from clipmemcap.prefix_lm import PrefixLM, load_gpt2
+from clipmemcap.model.beam import beam_search
+from clipmemcap.model.mappers import MapperConfig, build_mapper
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402

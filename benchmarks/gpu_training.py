@@ -3,7 +3,7 @@
     python benchmarks/gpu_training.py [--steps 50] [--compile]
 
 - ``fp32 eager``: the plain loop (fp32, eager, for-each AdamW);
-- ``ours``: what clipmemcap.train does on a GPU (bf16 autocast) plus fused AdamW, and
+- ``ours``: what clipmemcap.training.loop does on a GPU (bf16 autocast) plus fused AdamW, and
   ``torch.compile`` with ``--compile``.
 Random weights of the real architectures (no hub needed). Prints samples/s for both, measured in
 the same run on the same batches. Needs CUDA; exits with a message otherwise.
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config
 
-from clipmemcap.mappers import MapperConfig, build_mapper
-from clipmemcap.prefix_lm import PrefixLM, load_gpt2
+from clipmemcap.model.mappers import MapperConfig, build_mapper
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import ClipConfig, DecodeConfig
-from clipmemcap.decode import decode_images
-from clipmemcap.ingest import embed_stream
-from clipmemcap.shards import write_image_shard
-from clipmemcap.synthetic import make_coco_source
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.core.config import ClipConfig, DecodeConfig
+from clipmemcap.frames.ffmpeg_frames import decode_images
+from clipmemcap.frames.embed import embed_stream
+from clipmemcap.core.shards import write_image_shard
+from clipmemcap.sources.synthetic import make_coco_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import best_times, print_table  # noqa: E402

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipmemcap.knn_memory import KNNMemory
-from clipmemcap.mappers import MapperConfig, build_mapper
+from clipmemcap.model.knn_memory import KNNMemory
+from clipmemcap.model.mappers import MapperConfig, build_mapper
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import best_times, print_table  # noqa: E402

@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from transformers import GPT2Config
 
-from clipmemcap.clip_data import ActivityNetClips, collate, epoch_order
-from clipmemcap.config import TrainConfig
-from clipmemcap.mappers import MapperConfig, build_mapper
-from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
-from clipmemcap.shards import write_frame_shard, write_segments
-from clipmemcap.train import CaptionModel, train
+from clipmemcap.training.datasets import ActivityNetClips, collate, epoch_order
+from clipmemcap.core.config import TrainConfig
+from clipmemcap.model.mappers import MapperConfig, build_mapper
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.core.shards import write_frame_shard, write_segments
+from clipmemcap.training.loop import CaptionModel, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402
 
-TOKENIZER_DIR = Path(__file__).parents[1] / "clipmemcap" / "gpt2_tokenizer"
+TOKENIZER_DIR = Path(__file__).parents[1] / "clipmemcap" / "model" / "gpt2_tokenizer"
 
 
 def make_dataset(folder: Path, videos: int, seed: int = 0) -> None:

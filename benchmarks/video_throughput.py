@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from clipmemcap.activitynet import Segment, Video
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import ClipConfig, DecodeConfig
-from clipmemcap.decode import decode_range
-from clipmemcap.ingest import Embedded, VideoJob, embed_videos
-from clipmemcap.shards import write_frame_shard
-from clipmemcap.synthetic import write_video
+from clipmemcap.sources.activitynet import Segment, Video
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.core.config import ClipConfig, DecodeConfig
+from clipmemcap.frames.ffmpeg_frames import decode_range
+from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos
+from clipmemcap.core.shards import write_frame_shard
+from clipmemcap.sources.synthetic import write_video
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import best_times, print_table  # noqa: E402
@@ -43,7 +43,7 @@ def make_jobs(folder: Path, n: int, duration: float) -> list[VideoJob]:
             write_video(path, duration, 640, 360, 30)
         # two overlapping segments covering the whole video, as in ActivityNet
         segments = (Segment(0, 0.0, duration * 0.7, "a"), Segment(1, duration * 0.5, duration, "b"))
-        jobs.append(VideoJob(Video(path.stem, duration, segments), path))
+        jobs.append(VideoJob(path.stem, path, tuple(Video(path.stem, duration, segments).frame_ranges(FPS))))
     return jobs
 
 
@@ -52,7 +52,7 @@ def measure(model: str, jobs: list[VideoJob], batch: int, out: Path, repeats: in
     size = encoder.image_size
 
     def decode_all():
-        return [b for j in jobs for r in j.video.frame_ranges(FPS)
+        return [b for j in jobs for r in j.frames
                 for b in decode_range(j.path, r, FPS, size, batch, decode.ffmpeg_threads)]
 
     blocks = decode_all()  # also warms the page cache: every measurement reads from memory

@@ -24,16 +24,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import Config
-from clipmemcap.decode import decode_range
-from clipmemcap.decoding import beam_search, captions
-from clipmemcap.download import fetch_video, probe_video
-from clipmemcap.failures import Failure
-from clipmemcap.fetch import DownloadError, PermanentDownloadError, is_local
-from clipmemcap.grid import grid_range
-from clipmemcap.ingest import embed_stream, encoder_settings
-from clipmemcap.pipeline import CLIP_SETTINGS, load_caption_model, models_dir, stop_ids
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.core.config import Config
+from clipmemcap.frames.ffmpeg_frames import decode_range
+from clipmemcap.model.beam import beam_search, captions
+from clipmemcap.sources.video_download import fetch_video, probe_video
+from clipmemcap.core.failures import Failure
+from clipmemcap.sources.http import DownloadError, PermanentDownloadError, is_local
+from clipmemcap.core.grid import grid_range
+from clipmemcap.frames.embed import embed_stream, encoder_settings
+from clipmemcap.core.layout import CLIP_SETTINGS, Layout
+from clipmemcap.model.captioner import load_caption_model, stop_ids
 
 PIECE_FRAMES = 256  # frames decoded per piece of a clip: what streams through at once, per decoder
 
@@ -51,10 +52,10 @@ class Piece:
 
 def latest_checkpoint(cfg: Config) -> Path:
     """The most recently trained fine-tuning run folder."""
-    root = models_dir(cfg) / "finetune"
+    root = Layout.of(cfg).finetune_runs
     runs = sorted(root.glob(f"*/{CLIP_SETTINGS}"), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise CaptionError(f"no fine-tuned model under {root}: run `dvc repro` (or `clipmemcap finetune`) "
+        raise CaptionError(f"no fine-tuned model under {root}: run `dvc repro` (or `python -m clipmemcap.training finetune`) "
                            "first, or pass --checkpoint")
     return runs[-1].parent
 
@@ -91,7 +92,7 @@ def open_video(source: str, cfg: Config) -> tuple[Path, float]:
             raise CaptionError(f"no such video file: {source}")
     else:
         try:
-            path = fetch_video(video_name(source), source, cfg.storage.cache / "caption", cfg.activitynet.download)
+            path = fetch_video(video_name(source), source, Layout.of(cfg).caption_downloads, cfg.activitynet.download)
         except DownloadError as err:
             raise CaptionError(f"could not download {source}: {err}") from None
     try:

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 
 def _config(args):
-    from clipmemcap.config import load_config
+    from clipmemcap.core.config import load_config
 
     return load_config(args.params, args.overrides)
+
+
+PRESETS = Path("presets")
+
+
+def cmd_preset(args) -> None:
+    from clipmemcap.core.config import apply_preset
+
+    preset = Path(args.preset) if Path(args.preset).is_file() else PRESETS / f"{args.preset}.yaml"
+    if not preset.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise FileNotFoundError(f"no preset {args.preset!r} (a file, or one of: {known})")
+    apply_preset(Path(args.params), preset)
+    print(f"wrote {preset} into {args.params}")
 
 
 def cmd_config(args) -> None:
@@ -19,9 +34,9 @@ def cmd_config(args) -> None:
 
 
 def cmd_synth(args) -> None:
-    from clipmemcap.synthetic import make_source
+    from clipmemcap.sources.synthetic import make_activitynet_source
 
-    source = make_source(Path(args.out), n_train=args.train, n_test=args.test, min_duration=args.min_duration,
+    source = make_activitynet_source(Path(args.out), n_train=args.train, n_test=args.test, min_duration=args.min_duration,
                          max_duration=args.max_duration, seed=args.seed)
     print(f"wrote {args.train + args.test} videos to {source.videos_dir} and annotations to {source.zip_path}")
 
@@ -35,32 +50,23 @@ def cmd_ingest(args) -> None:
     print(json.dumps(manifest["counts"], indent=2))
 
 
+STAGES = {"benchmark": "clipmemcap.sources.benchmark", "pretrain": "clipmemcap.training.stages",
+          "finetune": "clipmemcap.training.stages", "evaluate": "clipmemcap.evaluation.evaluate",
+          "report": "clipmemcap.results.report"}
+
+
 def cmd_stage(args) -> None:
-    from clipmemcap import pipeline
-
-    run = {"run": args.run, "seed": args.seed} if args.command in ("finetune", "evaluate") else {}
-    result = getattr(pipeline, args.command)(_config(args), **run)
-    print(json.dumps(result, indent=2))
-
-
-def cmd_report(args) -> None:
-    from clipmemcap.report import REPORT_DIR, report
-
-    report(_config(args))
-    print((REPORT_DIR / "results.md").read_text())
-
-
-def cmd_benchmark(args) -> None:
-    from clipmemcap.long_range import make_source
-
-    cfg = _config(args)
-    summary = make_source(cfg.benchmark, cfg.activitynet.subset, cfg.storage.root / "benchmark")
-    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
+    """A DVC stage's own command (``python -m ...``, see dvc.yaml), by its stage name."""
+    argv = [args.command] if args.command in ("pretrain", "finetune") else []
+    argv += ["--params", args.params, *(f"--set={o}" for o in args.overrides)]
+    if args.command in ("finetune", "evaluate"):
+        argv += ["--run", args.run, "--seed", str(args.seed)]
+    importlib.import_module(STAGES[args.command]).main(argv)
 
 
 def cmd_caption(args) -> None:
     from clipmemcap.caption import caption_video, timestamp
-    from clipmemcap.evaluation import dense_captioning_results
+    from clipmemcap.evaluation.metrics import dense_captioning_results
 
     rows = caption_video(args.source, _config(args), Path(args.checkpoint) if args.checkpoint else None,
                          args.segments, args.window)
@@ -72,7 +78,7 @@ def cmd_caption(args) -> None:
 
 
 def cmd_synth_coco(args) -> None:
-    from clipmemcap.synthetic import make_coco_source
+    from clipmemcap.sources.synthetic import make_coco_source
 
     source = make_coco_source(Path(args.out), n_images=args.images, fmt=args.format, seed=args.seed)
     print(f"wrote {args.images} images under {source.images_root} and captions to {source.captions_path}")
@@ -82,15 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipmemcap", description="ClipCap + Memorizing-Transformer video captioning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_settings(p):
-        p.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one setting, e.g. activitynet.subset.train_videos=20 (repeatable)")
-        return p
+    from clipmemcap.core.config import add_settings_arguments as with_settings
 
     with_settings(sub.add_parser("config", help="print the resolved settings")).set_defaults(func=cmd_config)
+    preset = sub.add_parser("preset", help="write a preset's settings into the settings file (e.g. activitynet: "
+                            "the real experiment)")
+    preset.add_argument("preset", help="a name in presets/ (activitynet) or a preset file")
+    preset.add_argument("--params", default="params.yaml", help="the settings file to update (default: params.yaml)")
+    preset.set_defaults(func=cmd_preset)
     with_settings(sub.add_parser("benchmark", help="write the long-range benchmark's videos, images and captions "
-                                 "under <storage.root>/benchmark")).set_defaults(func=cmd_benchmark)
+                                 "under <storage.root>/benchmark")).set_defaults(func=cmd_stage)
     with_settings(sub.add_parser("pretrain", help="pre-train the image mapper (and GPT-2) on COCO")).set_defaults(func=cmd_stage)
     for stage, text in (("finetune", "fine-tune one run on ActivityNet, starting from the pre-trained weights"),
                         ("evaluate", "caption the test clips with one run's model and score them")):
@@ -99,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, required=True, help="training seed (one of finetune.seeds)")
         p.set_defaults(func=cmd_stage)
     with_settings(sub.add_parser("report", help="gather every run's evaluation: metrics/summary.json, "
-                                 "reports/results/")).set_defaults(func=cmd_report)
+                                 "reports/results/")).set_defaults(func=cmd_stage)
     caption = with_settings(sub.add_parser(
         "caption", help="caption a video file or URL with a fine-tuned model",
         description="Caption a video's segments with a fine-tuned run: one line per segment (start - end, "
@@ -137,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from clipmemcap.decode import DecodeError
-    from clipmemcap.fetch import DownloadError
+    from clipmemcap.frames.ffmpeg_frames import DecodeError
+    from clipmemcap.sources.http import DownloadError
 
     try:
         args.func(args)

@@ -15,7 +15,6 @@ only this process writes to storage, so workers need no storage credentials.
 from __future__ import annotations
 
 import functools
-import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,20 +27,16 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from tqdm import tqdm
 
-from clipmemcap.activitynet import ActivityNetPaths, Video, download_annotations, load_annotations, write_tables
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import ClipConfig, Config, DownloadConfig, load_config
-from clipmemcap.download import fetch_video
-from clipmemcap.fetch import PermanentDownloadError
-from clipmemcap.failures import Failure
-from clipmemcap.ingest import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir
-from clipmemcap.selection import Stream, plan_streams
-from clipmemcap.shards import frame_shard_path, write_frame_shard
+from clipmemcap.core.config import ClipConfig, Config, DownloadConfig, load_config
+from clipmemcap.core.failures import Failure
+from clipmemcap.core.layout import Layout
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir, save_frames
+from clipmemcap.sources.activitynet import Video, download_annotations, load_annotations, write_activitynet_tables
+from clipmemcap.sources.http import PermanentDownloadError
+from clipmemcap.sources.selection import fill, plan_streams
+from clipmemcap.sources.video_download import fetch_video
 from flows.common import command_line, with_retries
-
-
-def dataset_paths(cfg: Config) -> ActivityNetPaths:
-    return ActivityNetPaths(out=cfg.storage.root / "activitynet", cache=cfg.storage.cache / "activitynet")
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,10 +45,10 @@ def fetch_annotations(url: str, dest: Path) -> Path:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download-{video.video_id}")
-def download(video: Video, url: str, videos_dir: Path, cfg: DownloadConfig) -> VideoJob | Failure:
+def download(video: Video, url: str, videos_dir: Path, cfg: DownloadConfig, fps: float) -> VideoJob | Failure:
     """Permanent failures are returned as records; transient ones raise so Prefect retries them."""
     try:
-        return VideoJob(video, fetch_video(video.video_id, url, videos_dir, cfg))
+        return VideoJob(video.video_id, fetch_video(video.video_id, url, videos_dir, cfg), tuple(video.frame_ranges(fps)))
     except PermanentDownloadError as err:
         return Failure(video.video_id, "download", str(err))
 
@@ -70,11 +65,10 @@ def ingest_video(video: Video, url: str, download_cfg: DownloadConfig, clip: Cli
     """One video on a cluster worker: download to a scratch folder, decode, embed, return the
     frames. Errors are handled as in :func:`download`; the video is never kept."""
     with tempfile.TemporaryDirectory(prefix="clipmemcap-video-") as scratch:
-        try:
-            path = fetch_video(video.video_id, url, Path(scratch), download_cfg)
-        except PermanentDownloadError as err:
-            return Failure(video.video_id, "download", str(err))
-        return next(embed_videos([VideoJob(video, path)], _worker_encoder(clip), fps, 1, ffmpeg_threads))
+        job = download.fn(video, url, Path(scratch), download_cfg, fps)
+        if isinstance(job, Failure):
+            return job
+        return next(embed_videos([job], _worker_encoder(clip), fps, 1, ffmpeg_threads))
 
 
 def _outcomes(futures: list, videos: list[Video]) -> Iterator:
@@ -92,56 +86,9 @@ def _task_runner(cfg: Config) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=cfg.activitynet.download.concurrency)
 
 
-@flow(name="activitynet-ingest")
-def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """Ingest the configured ActivityNet Captions subset; returns the manifest."""
-    cfg = load_config(params, overrides or [])
-    logger = get_run_logger()
-    net, paths = cfg.activitynet, dataset_paths(cfg)
-    paths.cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
-        zip_path = fetch_annotations(net.annotations_url, paths.cache / "captions.zip")
-        files = load_annotations(zip_path, net.fps)
-        failures = [f for afile in files.values() for f in afile.failures]
-        for afile in files.values():
-            logger.info("%s: %d videos, %d of %d segments valid, %d rejections", afile.name,
-                        len(afile.videos), sum(len(v.segments) for v in afile.videos.values()),
-                        afile.raw_segments, len(afile.failures))
-
-        encoder = ClipEncoder(cfg.clip)
-        dtype = cfg.clip.embedding_dtype
-        settings = encoder_settings(encoder, dtype, fps=net.fps)
-        prepare_shard_dir(paths.frames, settings, (paths.out, paths.cache))
-        streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
-        if cfg.dask.address:
-            logger.info("per-video work runs on the Dask cluster at %s", cfg.dask.address)
-        with _task_runner(cfg) as runner:
-            for stream in streams:
-                failures += _fill(stream, runner, encoder, paths, cfg, logger)
-
-        chosen = {split: videos for stream in streams for split, videos in stream.chosen.items()}
-        shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
-        if shortfall:
-            logger.warning("candidates ran out; videos missing per split: %s", shortfall)
-        manifest = write_tables(paths, chosen, failures, net.fps, {
-            "dataset": "activitynet-captions",
-            "annotations_url": net.annotations_url,
-            "clip": settings,
-            "fps": net.fps,
-            "subset": {**net.subset.model_dump(), "shortfall": shortfall},
-        })
-    logger.info("done: %s", manifest["counts"])
-    return manifest
-
-
-def _remove_video(paths: ActivityNetPaths, video_id: str) -> None:
-    for path in paths.videos.glob(f"{video_id}.*"):
-        path.unlink()
-
-
-def _process(videos: list[Video], runner: TaskRunner, encoder: ClipEncoder, paths: ActivityNetPaths,
-             cfg: Config) -> Iterator[Embedded | Failure]:
-    """Each video's frames or failure, in the order of ``videos``."""
+def _process(videos: list[Video], runner: TaskRunner, encoder: ClipEncoder, cfg: Config) -> Iterator[Embedded | Failure]:
+    """Each video's frames or failure, in the order of ``videos``: on the Dask cluster, or
+    downloads on the task runner and decoding + CLIP here."""
     net = cfg.activitynet
     urls = [net.video_url_template.format(youtube_id=v.youtube_id) for v in videos]
     if cfg.dask.address:
@@ -150,43 +97,69 @@ def _process(videos: list[Video], runner: TaskRunner, encoder: ClipEncoder, path
             "ffmpeg_threads": cfg.decode.ffmpeg_threads}) for v, url in zip(videos, urls)]
         yield from _outcomes(futures, videos)
         return
+    videos_dir = Layout.of(cfg).activitynet.videos
     futures = [runner.submit(with_retries(download, net.download), {
-        "video": v, "url": url, "videos_dir": paths.videos, "cfg": net.download}) for v, url in zip(videos, urls)]
+        "video": v, "url": url, "videos_dir": videos_dir, "cfg": net.download, "fps": net.fps})
+        for v, url in zip(videos, urls)]
     yield from embed_videos(_outcomes(futures, videos), encoder, net.fps, cfg.decode.workers, cfg.decode.ffmpeg_threads)
 
 
-def _fill(stream: Stream, runner: TaskRunner, encoder: ClipEncoder, paths: ActivityNetPaths, cfg: Config,
-          logger: logging.Logger) -> list[Failure]:
-    """Process candidates in waves until the stream's splits are full or candidates run out."""
-    net, failures = cfg.activitynet, []
-    name, total = "/".join(stream.quotas), max(1, stream.missing())
-    progress = tqdm(total=stream.missing(), desc=name, unit="video")
-    # The same progress, visible in the Prefect UI while the run goes on.
-    artifact = create_progress_artifact(0.0, description=f"ActivityNet {name} videos done")
-    while stream.missing() and not stream.exhausted():
-        wave = stream.next_wave()
-        done = [v for v in wave if frame_shard_path(paths.frames, v.video_id).exists()]
-        todo = [v for v in wave if v not in done]
-        succeeded = {v.video_id for v in done}
-        for result in _process(todo, runner, encoder, paths, cfg):
-            if isinstance(result, Embedded):
-                write_frame_shard(frame_shard_path(paths.frames, result.video_id), result.video_id,
-                                  result.times, result.embeddings, cfg.clip.embedding_dtype)
-                succeeded.add(result.video_id)
-                if not net.keep_videos:
-                    _remove_video(paths, result.video_id)
-            else:
-                logger.warning("%s failed at %s: %s", result.key, result.stage, result.reason)
-                failures.append(result)
-                if result.stage == "decode":  # a broken file: fetch it afresh next run
-                    _remove_video(paths, result.key)
-        for video in wave:  # accept in candidate order, whatever order work finished in
-            if video.video_id in succeeded:
-                stream.accept(video)
-                progress.update()
-        update_progress_artifact(artifact, 100.0 * (1 - stream.missing() / total))
-    progress.close()
-    return failures
+@flow(name="activitynet-ingest")
+def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """Ingest the configured ActivityNet Captions subset; returns the manifest."""
+    cfg = load_config(params, overrides or [])
+    logger = get_run_logger()
+    net, paths = cfg.activitynet, Layout.of(cfg).activitynet
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
+        files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations), net.fps)
+        failures = [f for afile in files.values() for f in afile.failures]
+        for afile in files.values():
+            logger.info("%s: %d videos, %d of %d segments valid, %d rejections", afile.name,
+                        len(afile.videos), sum(len(v.segments) for v in afile.videos.values()),
+                        afile.raw_segments, len(afile.failures))
+
+        encoder = ClipEncoder(cfg.clip)
+        settings = encoder_settings(encoder, cfg.clip.embedding_dtype, fps=net.fps)
+        prepare_shard_dir(paths.frames, settings, (paths.out, paths.cache))
+        streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
+        if cfg.dask.address:
+            logger.info("per-video work runs on the Dask cluster at %s", cfg.dask.address)
+
+        def process(videos: list[Video]) -> Iterator[str | Failure]:
+            outcomes = _process(videos, runner, encoder, cfg)
+            for outcome in save_frames(outcomes, paths, cfg.clip.embedding_dtype, net.keep_videos):
+                if isinstance(outcome, Failure):
+                    logger.warning("%s failed at %s: %s", outcome.key, outcome.stage, outcome.reason)
+                yield outcome
+
+        with _task_runner(cfg) as runner:
+            for stream in streams:
+                name, total = "/".join(stream.quotas), max(1, stream.missing())
+                progress = tqdm(total=stream.missing(), desc=name, unit="video")
+                # The same progress, visible in the Prefect UI while the run goes on.
+                artifact = create_progress_artifact(0.0, description=f"ActivityNet {name} videos done")
+
+                def accepted(video: Video) -> None:
+                    progress.update()
+                    update_progress_artifact(artifact, 100.0 * (1 - stream.missing() / total))
+
+                failures += fill(stream, lambda video: paths.frame_shard(video.video_id).exists(), process, accepted)
+                progress.close()
+
+        chosen = {split: videos for stream in streams for split, videos in stream.chosen.items()}
+        shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
+        if shortfall:
+            logger.warning("candidates ran out; videos missing per split: %s", shortfall)
+        manifest = write_activitynet_tables(paths, chosen, failures, net.fps, {
+            "dataset": "activitynet-captions",
+            "annotations_url": net.annotations_url,
+            "clip": settings,
+            "fps": net.fps,
+            "subset": {**net.subset.model_dump(), "shortfall": shortfall},
+        })
+    logger.info("done: %s", manifest["counts"])
+    return manifest
 
 
 if __name__ == "__main__":

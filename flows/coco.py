@@ -11,10 +11,8 @@ Re-running resumes: finished shards and images are kept, failed images are tried
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -22,20 +20,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.coco import CocoImage, ImageShard, choose, group_by_shard, load_captions, shard_path, write_tables
-from clipmemcap.config import CocoConfig, load_config
-from clipmemcap.decode import decode_images
-from clipmemcap.failures import Failure
-from clipmemcap.fetch import PermanentDownloadError, TransientDownloadError, fetch_file
-from clipmemcap.ingest import embed_stream, encoder_settings, prepare_shard_dir
+from clipmemcap.core.config import CocoConfig, load_config
+from clipmemcap.core.failures import Failure
+from clipmemcap.core.layout import Layout
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.frames.embed import embed_images, encoder_settings, prepare_shard_dir
+from clipmemcap.sources.coco import (CocoImage, ImageShard, choose, group_by_shard, load_captions,
+                                     remove_unreached_shards, write_coco_tables)
+from clipmemcap.sources.http import PermanentDownloadError, TransientDownloadError, fetch_file
 from flows.common import command_line, with_retries
-
-
-@dataclass(frozen=True)
-class ImageBatch:
-    images: tuple[CocoImage, ...]
-    paths: tuple[Path, ...]
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,11 +68,11 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
     """Ingest the configured COCO captions; returns the manifest."""
     cfg = load_config(params, overrides or [])
     coco, logger = cfg.coco, get_run_logger()
-    out, cache = cfg.storage.root / "coco", cfg.storage.cache / "coco"
-    shard_dir, image_root = out / "images", coco.images_dir or cache / "images"
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache / "run.lock", timeout=cfg.storage.lock_timeout_s):
-        captions = load_captions(fetch_captions(coco.captions_url, cache / "captions", coco.download.timeout_s),
+    paths = Layout.of(cfg).coco
+    image_root = coco.images_dir or paths.downloaded_images
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
+        captions = load_captions(fetch_captions(coco.captions_url, paths.downloaded_captions, coco.download.timeout_s),
                                  coco.captions_format)
         failures = list(captions.failures)
         chosen = choose(captions.images, coco.subset_images, coco.seed)
@@ -89,11 +82,9 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
         encoder = ClipEncoder(cfg.clip)
         dtype = cfg.clip.embedding_dtype
         settings = encoder_settings(encoder, dtype)
-        prepare_shard_dir(shard_dir, settings, (out, cache))
+        prepare_shard_dir(paths.images, settings, (paths.out, paths.cache))
         by_shard = group_by_shard(chosen, coco.shard_span)
-        for path in shard_dir.glob("shard-*.parquet"):  # shards the subset no longer reaches
-            if path not in {shard_path(shard_dir, i) for i in by_shard}:
-                path.unlink()
+        remove_unreached_shards(paths, by_shard)
 
         retrying = with_retries(download_images, coco.download)
         progress = tqdm(total=len(chosen), desc="images", unit="image")
@@ -101,14 +92,20 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
         embedded: set[int] = set()
         with ThreadPoolTaskRunner(max_workers=coco.download.concurrency) as runner:
             for index, images in sorted(by_shard.items()):
-                shard = ImageShard.open(shard_path(shard_dir, index), images, encoder.embed_dim)
-                ids, embeddings, shard_failures = _embed(shard.todo, coco, cfg, encoder, image_root, runner, retrying)
+                shard = ImageShard.open(paths.shard(index), images, encoder.embed_dim)
+                batches = _batches(shard.todo, encoder.batch_size)
+                downloaded = ((batch, []) for batch in batches) if coco.images_dir else _downloaded(
+                    batches, [runner.submit(retrying, {"images": b, "cfg": coco, "root": image_root}) for b in batches],
+                    image_root)
+                ids, embeddings, shard_failures = embed_images(
+                    downloaded, image_root, encoder, coco.max_pixels, cfg.decode.workers, cfg.decode.ffmpeg_threads,
+                    refetch_broken=not coco.images_dir)
                 failures += shard_failures
                 embedded |= shard.save(ids, embeddings, dtype)
                 progress.update(len(images))
                 update_progress_artifact(artifact, 100.0 * progress.n / max(1, len(chosen)))
         progress.close()
-        manifest = write_tables(out, chosen, embedded, failures, {
+        manifest = write_coco_tables(paths, chosen, embedded, failures, {
             "dataset": "coco-captions", "captions_url": coco.captions_url, "captions_format": coco.captions_format,
             "clip": settings, "shard_span": coco.shard_span,
             "subset": {"images": coco.subset_images, "seed": coco.seed},
@@ -117,51 +114,14 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
     return manifest
 
 
-def _embed(images: list[CocoImage], coco: CocoConfig, cfg, encoder: ClipEncoder, root: Path,
-           runner: ThreadPoolTaskRunner, download_task) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
-    """Download (unless local) and embed ``images``: (ids [n], embeddings [n, D], failures)."""
-    batches = _batches(images, encoder.batch_size)
-    futures = [] if coco.images_dir else [
-        runner.submit(download_task, {"images": batch, "cfg": coco, "root": root}) for batch in batches]
-
-    def jobs() -> Iterator[ImageBatch | Failure]:
-        for i, batch in enumerate(batches):
-            failed: set[str] = set()
-            if futures:
-                try:
-                    outcome = futures[i].result()
-                except Exception as err:  # transient errors that outlived the retries: record them
-                    outcome = [Failure(str(image.image_id), "download", f"{err} (gave up after retries)")
-                               for image in batch if not (root / image.file).exists()]
-                failed = {f.key for f in outcome}
-                yield from outcome
-            for image in batch:
-                if str(image.image_id) not in failed and not (root / image.file).exists():
-                    failed.add(str(image.image_id))
-                    yield Failure(str(image.image_id), "download", f"{image.file} not found under {root.name}/")
-            ready = tuple(image for image in batch if str(image.image_id) not in failed)
-            if ready:
-                yield ImageBatch(ready, tuple(root / image.file for image in ready))
-
-    def decode(job: ImageBatch):
-        return decode_images([(str(image.image_id), path) for image, path in zip(job.images, job.paths)],
-                             encoder.image_size, coco.max_pixels, cfg.decode.ffmpeg_threads)
-
-    ids, embeddings, failures = [], [], []
-    failed: set[str] = set()
-    by_id = {str(image.image_id): image for image in images}
-    for outcome in embed_stream(jobs(), encoder, decode, lambda job: str(job.images[0].image_id), cfg.decode.workers):
-        if isinstance(outcome, Failure):
-            failures.append(outcome)
-            failed.add(outcome.key)
-            if outcome.stage == "decode" and not coco.images_dir:  # fetch it afresh next run
-                (root / by_id[outcome.key].file).unlink(missing_ok=True)
-            continue
-        job, batch_embeddings = outcome
-        ids += [image.image_id for image in job.images if str(image.image_id) not in failed]
-        embeddings.append(batch_embeddings)
-    empty = np.zeros((0, encoder.embed_dim), np.float32)
-    return np.array(ids, np.int64), np.concatenate([empty, *embeddings]), failures
+def _downloaded(batches: list[list[CocoImage]], futures: list, root: Path) -> Iterator[tuple[list[CocoImage], list[Failure]]]:
+    """Each batch with the failures of its download task, in order, as each task finishes."""
+    for batch, future in zip(batches, futures):
+        try:
+            yield batch, future.result()
+        except Exception as err:  # transient errors that outlived the retries: record them
+            yield batch, [Failure(str(image.image_id), "download", f"{err} (gave up after retries)")
+                          for image in batch if not (root / image.file).exists()]
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 
 from prefect import Task
 
-from clipmemcap.config import DownloadConfig, ImageDownloadConfig
+from clipmemcap.core.config import DownloadConfig, ImageDownloadConfig, settings_parser
 
 
 def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig) -> Task:
@@ -19,11 +18,7 @@ def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig) -> Task:
 
 def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dict:
     """``python -m flows.<name> [--params FILE] [--set KEY=VALUE ...]``: run ``flow`` once."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting for this run, e.g. clip.batch_size=32 (repeatable)")
-    args = parser.parse_args(argv)
+    args = settings_parser(doc).parse_args(argv)
     # The temporary Prefect server a run starts would otherwise try to send usage telemetry and log
     # a stack trace wherever there is no internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -19,4 +19,9 @@ python3 -m venv .venv
 # shellcheck disable=SC2086
 .venv/bin/pip install -q ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}
 .venv/bin/pip install -q -e '.[dev]'
+# DVC runs each stage's command (`python -m ...`) in a shell that sees only the user's PATH. This
+# puts .venv/bin first on the PATH of every process a program of this venv starts (what `source
+# .venv/bin/activate` does for a shell), so `.venv/bin/dvc repro` works without an activated venv.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp scripts/venv_bin_on_path.pth "$site/"
 .venv/bin/python -c "import torch, torchvision, open_clip, prefect, dvc, yt_dlp; print('clipmemcap installed: torch', torch.__version__)"

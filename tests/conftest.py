@@ -40,8 +40,8 @@ os.environ.update({
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
-TOKENIZER = ROOT / "clipmemcap" / "gpt2_tokenizer"  # the real GPT-2 tokenizer files
-GPT2_TINY = ROOT / "clipmemcap" / "lm_configs" / "gpt2-tiny.json"  # GPT-2's architecture, tiny and random
+TOKENIZER = ROOT / "clipmemcap" / "model" / "gpt2_tokenizer"  # the real GPT-2 tokenizer files
+GPT2_TINY = ROOT / "clipmemcap" / "model" / "lm_configs" / "gpt2-tiny.json"  # GPT-2's architecture, tiny and random
 TINY_CLIP = ["clip.model=TinyViT", "clip.pretrained=null", "clip.device=cpu", "clip.batch_size=16"]
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from clipmemcap.activitynet import load_annotations, normalise_file, read_zip
-from clipmemcap.jsonio import AnnotationError, parse_json
-from clipmemcap.synthetic import write_captions_zip
+from clipmemcap.sources.activitynet import load_annotations, normalise_file, read_zip
+from clipmemcap.core.jsonio import AnnotationError, parse_json
+from clipmemcap.sources.synthetic import write_captions_zip
 from conftest import ASSETS, ROOT
 
 SHARED = ROOT.parent / "shared" / "activitynet"

@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-from clipmemcap.atomic import write_json
+from clipmemcap.core.atomic import write_json
 from clipmemcap.cli import main
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.config import load_config
-from clipmemcap.ingest import encoder_settings
-from clipmemcap.mappers import MapperConfig, build_mapper, save_mapper
-from clipmemcap.pipeline import CLIP_SETTINGS
-from clipmemcap.prefix_lm import load_gpt2
-from clipmemcap.synthetic import write_video
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.core.config import load_config
+from clipmemcap.frames.embed import encoder_settings
+from clipmemcap.model.mappers import MapperConfig, build_mapper, save_mapper
+from clipmemcap.core.layout import CLIP_SETTINGS
+from clipmemcap.model.prefix_lm import load_gpt2
+from clipmemcap.sources.synthetic import write_video
 from conftest import GPT2_TINY, ROOT
 
 pytestmark = pytest.mark.slow

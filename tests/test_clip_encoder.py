@@ -6,8 +6,8 @@ import open_clip
 import pytest
 import torch
 
-from clipmemcap.clip_encoder import CONFIG_DIR, ClipEncoder
-from clipmemcap.config import ClipConfig
+from clipmemcap.frames.clip_encoder import CLIP_CONFIGS, ClipEncoder
+from clipmemcap.core.config import ClipConfig
 
 TINY = dict(model="TinyViT", pretrained=None, device="cpu", batch_size=4)
 
@@ -35,7 +35,7 @@ def test_local_checkpoint_loads_the_saved_weights(tmp_path):
 
 
 def test_model_config_json_path_and_batching_do_not_change_results():
-    a = ClipEncoder(ClipConfig(**{**TINY, "model": str(CONFIG_DIR / "TinyViT.json")}))
+    a = ClipEncoder(ClipConfig(**{**TINY, "model": str(CLIP_CONFIGS / "TinyViT.json")}))
     b = ClipEncoder(ClipConfig(**{**TINY, "batch_size": 64}))
     b.model.load_state_dict(a.model.state_dict())
     x = frames(9)

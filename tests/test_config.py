@@ -1,7 +1,13 @@
 import pytest
 from pydantic import ValidationError
 
-from clipmemcap.config import load_config
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from clipmemcap.core.config import Config, apply_preset, load_config
 from conftest import ROOT
 
 
@@ -64,3 +70,32 @@ def test_dask_address_comes_from_the_settings_or_the_environment(monkeypatch):
     monkeypatch.setenv("CLIPMEMCAP_DASK_ADDRESS", "tcp://10.0.0.5:8786")
     assert load_config(ROOT / "params.yaml").dask.address == "tcp://10.0.0.5:8786"
     assert load_config(ROOT / "params.yaml", ["dask.address=tcp://a:1"]).dask.address == "tcp://a:1"
+
+
+def test_code_defaults_are_the_committed_settings():
+    """One place for defaults: the code's may not contradict params.yaml."""
+    assert Config().model_dump(mode="json") == load_config(ROOT / "params.yaml").model_dump(mode="json")
+
+
+def test_the_preset_is_an_overlay_that_clipmemcap_preset_writes_into_params(tmp_path):
+    overlay = yaml.safe_load((ROOT / "presets" / "activitynet.yaml").read_text())
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert len(overlay) < len(committed) and "storage" not in overlay and "benchmark" not in overlay  # not a copy
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    subprocess.run([sys.executable, "-m", "clipmemcap.cli", "preset", "activitynet"], cwd=tmp_path, check=True)
+    written = load_config(tmp_path / "params.yaml")
+    assert written == load_config(ROOT / "presets" / "activitynet.yaml")
+    assert written.finetune.runs["mean"].mapper == "clipcap-transformer" and written.finetune.mapper_overrides == {}
+    assert written.benchmark == load_config(ROOT / "params.yaml").benchmark  # everything else kept
+    text = (tmp_path / "params.yaml").read_text()
+    assert "# outputs under storage/<dataset>/" in text  # comments of unchanged settings kept
+    assert "random weights: no model hub here" not in text  # ... but not those of replaced values
+
+
+def test_a_preset_naming_an_unknown_setting_is_an_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("clip: {modle: ViT-B-32}\n")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(ValueError, match="clip.modle"):
+        apply_preset(tmp_path / "params.yaml", tmp_path / "bad.yaml")
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()

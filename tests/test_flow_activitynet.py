@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clipmemcap import ingest
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.grid import grid_range
-from clipmemcap.shards import read_frames
-from clipmemcap.synthetic import make_source, write_captions_zip, write_video
+from clipmemcap.frames import embed as ingest
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.core.grid import grid_range
+from clipmemcap.core.shards import read_frames
+from clipmemcap.sources.synthetic import make_activitynet_source, write_captions_zip, write_video
 from conftest import ROOT, ingest_overrides
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def source(tmp_path_factory):
     """Synthetic good videos plus one video or entry per fault, and a fixed tiny CLIP checkpoint
     (so that separate processes embed identically)."""
     root = tmp_path_factory.mktemp("source")
-    src = make_source(root, n_train=5, n_test=2, min_duration=3.0, max_duration=6.0, seed=1)
+    src = make_activitynet_source(root, n_train=5, n_test=2, min_duration=3.0, max_duration=6.0, seed=1)
     train, val_1, val_2 = (src.annotations[n] for n in ("train.json", "val_1.json", "val_2.json"))
     videos = src.videos_dir
     good_id = sorted(train)[0]

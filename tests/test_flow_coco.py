@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clipmemcap.jsonio import AnnotationError
-from clipmemcap.clip_encoder import ClipEncoder
-from clipmemcap.coco import load_captions
-from clipmemcap.config import ClipConfig
-from clipmemcap.decode import decode_range, decode_images
-from clipmemcap.shards import read_image_shard
-from clipmemcap.synthetic import draw_frame, make_coco_source, write_captions_zip
+from clipmemcap.core.jsonio import AnnotationError
+from clipmemcap.frames.clip_encoder import ClipEncoder
+from clipmemcap.sources.coco import load_captions
+from clipmemcap.core.config import ClipConfig
+from clipmemcap.frames.ffmpeg_frames import decode_range, decode_images
+from clipmemcap.core.shards import read_image_shard
+from clipmemcap.sources.synthetic import draw_frame, make_coco_source, write_captions_zip
 from conftest import ROOT, TINY_CLIP
 
 pytestmark = pytest.mark.slow

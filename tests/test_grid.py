@@ -1,4 +1,4 @@
-from clipmemcap.grid import grid_index, grid_range, merge_ranges
+from clipmemcap.core.grid import grid_index, grid_range, merge_ranges
 
 
 def test_grid_owns_start_inclusive_end_exclusive():

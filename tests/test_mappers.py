@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipmemcap.mappers import MapperConfig, build_mapper, load_mapper, load_shared, save_mapper, select_frames
+from clipmemcap.model.mappers import (KNNBlock, MapperConfig, build_mapper, load_mapper, load_shared, save_mapper,
+                                     select_frames)
 
 TINY = dict(clip_dim=16, embed_dim=32, heads=4, layers=3, prefix_length=3, clip_length=2, window=4, top_k=4)
 
@@ -23,7 +24,7 @@ def clip(n, seed, T=None):
 def shut_gates(mapper):
     """Pin every kNN layer's gate to local attention only."""
     for layer in mapper.transformer.layers:
-        if hasattr(layer, "gate"):
+        if isinstance(layer, KNNBlock):
             layer.gate.data.fill_(-1e4)
 
 
@@ -218,3 +219,12 @@ def test_a_stream_refuses_too_many_or_too_few_frames():
         stream.prefix()
     with pytest.raises(ValueError, match="at least one frame"):
         tiny("video-temporal").stream(0)
+
+
+def test_the_knn_layer_owns_its_gate_and_sits_where_knn_layers_says():
+    mapper = tiny("video-memorizing", layers=4, knn_layers=(-2,))
+    kinds = [isinstance(layer, KNNBlock) for layer in mapper.transformer.layers]
+    assert kinds == [False, False, True, False]  # second from the top
+    knn = mapper.transformer.layers[2]
+    assert knn.gate.shape == (4,) and knn.attn.normalised
+    assert {n for n, _ in knn.named_parameters()} >= {"gate", "attn.log_scale"}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config
 
-from clipmemcap.prefix_lm import IGNORE, PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.model.prefix_lm import IGNORE, PrefixLM, load_gpt2, load_tokenizer
 from conftest import GPT2_TINY, TOKENIZER
 
 
@@ -83,7 +83,7 @@ def test_gpt2_loads_from_a_local_folder(lm, tmp_path):
 def test_random_gpt2_is_the_same_network_in_every_process():
     """torch seeds every process differently: random weights from a config must not depend on it
     (pre-training once drew a different GPT-2 on every run)."""
-    code = ("import sys, torch; from clipmemcap.prefix_lm import load_gpt2; state = torch.random.get_rng_state(); "
+    code = ("import sys, torch; from clipmemcap.model.prefix_lm import load_gpt2; state = torch.random.get_rng_state(); "
             "m = load_gpt2(sys.argv[1]); assert torch.equal(state, torch.random.get_rng_state()); "
             "print(sum(p.double().sum().item() for p in m.parameters()))")
     sums = [subprocess.run([sys.executable, "-c", code, str(GPT2_TINY)], capture_output=True, text=True, check=True).stdout

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from clipmemcap.atomic import write_json
-from clipmemcap.config import load_config
-from clipmemcap.pipeline import evaluation_dir, run_metrics_path
-from clipmemcap.report import REPORT_DIR, SUMMARY, report
+from clipmemcap.core.atomic import write_json
+from clipmemcap.core.config import load_config
+from clipmemcap.core.layout import Layout
+from clipmemcap.results.report import report
 from conftest import ROOT
 
 REFERENCE = "a red circle, then a blue square."
@@ -23,8 +23,8 @@ def evaluation(cfg, run, seed, right_long: int, right_short: int, bleu: float):
         prediction = REFERENCE if right else "a blue square, then a red circle."
         rows.append({"video_id": f"v_{i}", "segment": 0, "start": 0.0, "end": duration, "frames": int(duration * 5),
                      "prediction": prediction, "reference": REFERENCE})
-    write_json(evaluation_dir(cfg, run, seed) / "predictions.json", rows)
-    write_json(run_metrics_path(run, seed), {"bleu_4": bleu, "meteor": 0.2, "rouge_l": 0.3, "cider_d": 0.4, "clips": 6})
+    write_json(Layout.of(cfg).evaluation(run, seed) / "predictions.json", rows)
+    write_json(Layout.run_metrics(run, seed), {"bleu_4": bleu, "meteor": 0.2, "rouge_l": 0.3, "cider_d": 0.4, "clips": 6})
 
 
 @pytest.fixture
@@ -42,7 +42,8 @@ def test_the_summary_holds_means_spreads_and_the_margin_over_the_best_other_run(
     evaluation(cfg, "last", 0, right_long=1, right_short=2, bleu=0.2)
     evaluation(cfg, "last", 1, right_long=1, right_short=1, bleu=0.2)
     summary = report(cfg)
-    assert json.loads(SUMMARY.read_text()) == summary
+    assert json.loads(Layout.summary.read_text()) == summary
+    assert json.loads(Layout.run_summary.read_text()) == summary["memorizing"]  # report.run, plain names
     memorizing, last = summary["memorizing"], summary["last"]
     assert memorizing["slot_accuracy_long"] == pytest.approx(0.75) and memorizing["slot_accuracy_long_std"] == pytest.approx(0.25)
     assert last["slot_accuracy_long"] == pytest.approx(0.25) and last["slot_accuracy_short"] == pytest.approx(0.75)
@@ -50,18 +51,18 @@ def test_the_summary_holds_means_spreads_and_the_margin_over_the_best_other_run(
     assert last["slot_accuracy_long_margin"] == pytest.approx(-0.5)
     assert memorizing["bleu_4"] == pytest.approx(0.2) and memorizing["bleu_4_std"] == pytest.approx(0.1)
 
-    table = (REPORT_DIR / "results.md").read_text()
+    table = (Layout.results / "results.md").read_text()
     assert "over 2 seed(s)" in table
     assert "| memorizing | 0.750 ± 0.250 | 1.000 ± 0.000 |" in table and "| last | 0.250 ± 0.000 |" in table
 
-    with open(REPORT_DIR / "slot_accuracy.csv") as f:
+    with open(Layout.results / "slot_accuracy.csv") as f:
         bins = {(r["run"], r["length_bin"]): float(r["slot_accuracy"]) for r in csv.DictReader(f)}
     assert bins[("memorizing", "≤3 s (control)")] == 1.0
     assert bins[("memorizing", "30–60 s")] == 1.0  # the 40 s clips: right in both seeds
     assert bins[("memorizing", "90–120 s")] == 0.5  # the 100 s clips: right in seed 0 only
     assert bins[("last", "90–120 s")] == 0.0
     assert ("last", "60–90 s") not in bins  # no clip that long
-    assert (REPORT_DIR / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (Layout.results / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_missing_evaluation_is_an_error_naming_the_stage(cfg):
@@ -77,5 +78,5 @@ def test_without_slots_the_report_plots_the_caption_metrics(cfg):
             evaluation(cfg, run, seed, 0, 0, 0.1)
     summary = report(cfg)
     assert "slot_accuracy_long" not in summary["memorizing"] and summary["last"]["bleu_4"] == pytest.approx(0.1)
-    assert (REPORT_DIR / "plot.png").exists()
-    assert "| run | bleu_4 | meteor | rouge_l | cider_d |" in (REPORT_DIR / "results.md").read_text()
+    assert (Layout.results / "plot.png").exists()
+    assert "| run | bleu_4 | meteor | rouge_l | cider_d |" in (Layout.results / "results.md").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from upath import UPath
 
-from clipmemcap.synthetic import make_coco_source, make_source
+from clipmemcap.sources.synthetic import make_coco_source, make_activitynet_source
 from conftest import ROOT, TINY_CLIP, free_port, ingest_overrides
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ SECRET = "not-a-real-secret-7f3a"  # must never reach a log, a manifest or the r
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
-    videos = make_source(root / "activitynet", n_train=3, n_test=1, min_duration=3.0, max_duration=5.0, seed=2)
+    videos = make_activitynet_source(root / "activitynet", n_train=3, n_test=1, min_duration=3.0, max_duration=5.0, seed=2)
     images = make_coco_source(root / "coco", n_images=6, fmt="karpathy", seed=3)
     return videos, images
 

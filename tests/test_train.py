@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import GPT2Config
 
-from clipmemcap.clip_data import Sample
-from clipmemcap.config import TrainConfig
-from clipmemcap.mappers import MapperConfig, build_mapper
-from clipmemcap.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
-from clipmemcap.train import CaptionModel, train
+from clipmemcap.training.datasets import Sample
+from clipmemcap.core.config import TrainConfig
+from clipmemcap.model.mappers import MapperConfig, build_mapper
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.training.loop import CaptionModel, train
 from conftest import TOKENIZER as TOKENIZER_DIR
 
 TOKENIZER = load_tokenizer(TOKENIZER_DIR)

@@ -1,0 +1,337 @@
+"""Typed settings loaded from ``params.yaml``.
+
+The defaults here are the committed ``params.yaml`` (the long-range benchmark; a test keeps the
+two equal), so a settings file only needs what differs from them: ``presets/activitynet.yaml``
+holds just the real experiment's differences, and ``clipmemcap preset`` writes them into
+``params.yaml`` for DVC.
+
+Every flow, DVC stage and CLI command reads its settings through :func:`load_config`; nothing
+reads ``params.yaml`` directly. A run can override any setting with dotted ``key=value`` pairs
+(``activitynet.subset.train_videos=5``), the same spelling ``dvc exp run -S`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from upath import UPath
+
+from clipmemcap.core.atomic import on_local_disk
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    # A misspelt key in params.yaml or an override must fail, not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Strict):
+    root: UPath = Field(UPath("storage"), description="a folder, or an object-store URL (s3://bucket/prefix)")
+    work: Path | None = Field(None, description="local folder for downloads and locks; default <root>/cache, "
+                                                "or storage/cache when root is a URL")
+    lock_timeout_s: float = Field(3600.0, description="how long a run waits for another run's lock")
+
+    @property
+    def cache(self) -> Path:
+        """Downloads, videos and run locks: always on local disk (yt-dlp, ffmpeg and file locks
+        need one), also when the outputs go to an object store."""
+        if self.work is not None:
+            return self.work
+        return self.root / "cache" if on_local_disk(self.root) else Path("storage") / "cache"
+
+
+class DaskConfig(Strict):
+    # Read from the environment when params.yaml leaves it unset: the cluster is a property of the
+    # machine a run starts on, not of the experiment, and must not dirty DVC stages.
+    address: str | None = Field(default_factory=lambda: os.environ.get("CLIPMEMCAP_DASK_ADDRESS") or None,
+                                description="Dask scheduler (tcp://host:port) for per-video work; null: local")
+
+
+class SubsetConfig(Strict):
+    train_videos: int = Field(200, ge=0)
+    test_videos: int = Field(25, ge=0)
+    val_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class DownloadConfig(Strict):
+    # Capped at 480p: CLIP sees 224x224, so more pixels only cost bandwidth and decode time.
+    format: str = "bv*[height<=?480]/b[height<=?480]/bv*/b"
+    retries: int = Field(3, ge=0, description="extra attempts after a transient failure")
+    retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
+    socket_timeout_s: float = Field(30.0, gt=0.0)
+    rate_limit: str | None = Field(None, description="e.g. '2M' bytes/s, passed to yt-dlp")
+    cookies_file: Path | None = None
+    concurrency: int = Field(4, ge=1)
+
+
+class ActivityNetConfig(Strict):
+    annotations_url: str = Field("storage/benchmark/captions.zip", description="a local path or a URL")
+    video_url_template: str = "storage/benchmark/videos/v_{youtube_id}.mp4"
+    fps: float = Field(5.0, gt=0.0)
+    keep_videos: bool = False
+    subset: SubsetConfig = SubsetConfig()
+    download: DownloadConfig = DownloadConfig()
+
+
+class ImageDownloadConfig(Strict):
+    retries: int = Field(3, ge=0, description="extra attempts of a batch with transient errors")
+    retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
+    timeout_s: float = Field(30.0, gt=0.0)
+    concurrency: int = Field(8, ge=1, description="batches of images downloading at once")
+
+
+class CocoConfig(Strict):
+    captions_url: str = "storage/benchmark/images/caption_datasets.zip"
+    captions_format: Literal["karpathy", "official"] = "karpathy"
+    images_url_template: str = Field("http://images.cocodataset.org/{file}",
+                                     description="{file}: path under the COCO root; {image_id}")
+    images_dir: Path | None = Field(Path("storage/benchmark/images"),
+                                    description="a local COCO root; then nothing is downloaded")
+    subset_images: int | None = Field(None, ge=1, description="null = every image")
+    seed: int = 0
+    shard_span: int = Field(10_000, ge=1, description="image ids per shard")
+    max_pixels: int = Field(50_000_000, ge=1, description="larger images are recorded, not decoded")
+    download: ImageDownloadConfig = ImageDownloadConfig()
+
+
+class DecodeConfig(Strict):
+    workers: int = Field(2, ge=1, description="videos decoded at once, each by one ffmpeg")
+    ffmpeg_threads: int = Field(1, ge=0, description="decoder threads per ffmpeg; 0 = ffmpeg's choice")
+
+
+class ClipConfig(Strict):
+    model: str = Field("TinyViT-112", description="open_clip model name or path to a model-config JSON")
+    pretrained: str | None = Field(None, description="open_clip tag, local checkpoint, or null (random weights)")
+    batch_size: int = Field(64, ge=1)
+    device: str = Field("auto", description="'auto' picks cuda when available")
+    embedding_dtype: str = Field("float16", pattern="^(float16|float32)$")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's")
+
+
+class TrainConfig(Strict):
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(5, ge=1)
+    # A fraction of all steps, not a fixed count: a short run still reaches the set lr.
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_tokens: int = Field(16, ge=1, description="caption tokens kept per sample")
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
+    device: str = "auto"
+
+
+class ModelConfig(Strict):
+    lm: str = Field("clipmemcap/model/lm_configs/gpt2-tiny.json",
+                    description="GPT-2 hub name, local folder, or a GPT2Config JSON (random weights)")
+    tokenizer: str = Field("clipmemcap/model/gpt2_tokenizer", description="hub name or a folder with vocab.json and merges.txt")
+    finetune_lm: bool = True  # false: GPT-2 frozen, only the mapper trains
+
+
+# The benchmark's video mappers (2 layers of 4 heads, a prefix of 4, W = 16 frames).
+BENCHMARK_MAPPER = {"layers": 2, "heads": 4, "prefix_length": 4, "window": 16}
+
+
+class StageTrainConfig(Strict):
+    mapper: str = Field(description="a config in clipmemcap/model/mapper_configs or a JSON path")
+    # Field overrides, e.g. {frame_policy: last}; clip_dim and embed_dim always come from the data
+    # and from GPT-2.
+    mapper_overrides: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+
+class PretrainConfig(StageTrainConfig):
+    mapper: str = "video-temporal"
+    mapper_overrides: dict[str, Any] = BENCHMARK_MAPPER
+    train_splits: tuple[str, ...] = ("train",)
+    val_splits: tuple[str, ...] = ("val",)
+    train: TrainConfig = TrainConfig(batch_size=32, epochs=4)
+
+
+class RunConfig(Strict):
+    mapper: str = Field(description="a config in clipmemcap/model/mapper_configs or a JSON path")
+    mapper_overrides: dict[str, Any] = {}
+
+
+class FinetuneConfig(Strict):
+    """Every run (a mapper: the memorizing one and each baseline) is fine-tuned once per seed."""
+    runs: dict[str, RunConfig] = {
+        "memorizing": RunConfig(mapper="video-memorizing"),
+        "uniform": RunConfig(mapper="video-temporal", mapper_overrides={"frame_policy": "uniform"}),
+        "last": RunConfig(mapper="video-temporal", mapper_overrides={"frame_policy": "last"}),
+        "mean": RunConfig(mapper="video-temporal", mapper_overrides={"frame_policy": "mean"}),
+    }
+    mapper_overrides: dict[str, Any] = Field(BENCHMARK_MAPPER, description="applied to every run, before the run's own")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train: TrainConfig = TrainConfig(batch_size=16, epochs=5)
+
+    def run(self, name: str, seed: int) -> tuple[str, dict[str, Any], TrainConfig]:
+        """Mapper config name, its overrides and the training settings of one run and seed."""
+        if name not in self.runs:
+            raise ValueError(f"no run {name!r} in finetune.runs (known: {', '.join(self.runs)})")
+        run = self.runs[name]
+        return run.mapper, {**self.mapper_overrides, **run.mapper_overrides}, self.train.model_copy(update={"seed": seed})
+
+
+class EvaluateConfig(Strict):
+    beam: int = Field(5, ge=1)
+    max_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+    stop_at_period: bool = True  # stop at "." as well as at end-of-text, as ClipCap does
+
+
+class ReportConfig(Strict):
+    slot_accuracy: bool = Field(True, description="score the benchmark's slots; false for ActivityNet's captions")
+    length_bin_s: float = Field(10.0, gt=0.0, description="clip-length bins of the slot accuracy plot")
+    run: str = Field("memorizing", description="the run whose metrics go to metrics/run.json under plain names")
+
+
+class BenchmarkConfig(Strict):
+    """The long-range benchmark's source (see clipmemcap.sources.benchmark)."""
+    seed: int = 0
+    # How many videos: activitynet.subset's train_videos, val_fraction and test_videos.
+    clips_per_video: int = Field(4, ge=1, description="captioned clips back to back in each video")
+    short_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of short control clips per split")
+    long_s: tuple[float, float] = Field((20.0, 60.0), description="long clip length range, seconds")
+    short_s: tuple[float, float] = Field((2.4, 3.0), description="control clip length range: at most one chunk")
+    events: int = Field(2, ge=1)
+    event_s: float = Field(1.0, gt=0.0, description="how long each event's shape is on screen")
+    min_gap_s: float = Field(0.2, ge=0.0, description="least time between two events")
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    shapes: tuple[str, ...] = ("circle", "square", "triangle")
+    frame_size: int = Field(112, ge=32, description="square video frames, pixels")
+    video_fps: int = Field(5, ge=1)
+    event_size: float = Field(0.45, gt=0.0, le=1.0, description="event shape's side / frame side")
+    distractors: int = Field(3, ge=0)
+    distractor_size: float = Field(0.14, gt=0.0, le=1.0)
+    pretrain_images: int = Field(2000, ge=10, description="one-event still frames for pre-training")
+
+    @model_validator(mode="after")
+    def _clips_hold_their_events(self) -> BenchmarkConfig:
+        needed = self.events * self.event_s + (self.events - 1) * self.min_gap_s
+        for name in ("short_s", "long_s"):
+            low, high = getattr(self, name)
+            if not needed <= low <= high:
+                raise ValueError(f"benchmark.{name} {[low, high]}: clips must be at least {needed:g} s "
+                                 f"(events x event_s + gaps) and the range ordered")
+        return self
+
+
+class Config(Strict):
+    storage: StorageConfig = StorageConfig()
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    activitynet: ActivityNetConfig = ActivityNetConfig()
+    coco: CocoConfig = CocoConfig()
+    decode: DecodeConfig = DecodeConfig()
+    clip: ClipConfig = ClipConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} is not of the form key.path=value")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def overlay_items(overlay: dict, section: type[BaseModel] = None, path: tuple[str, ...] = ()) -> list[tuple[list[str], Any]]:
+    """The (key path, value) pairs a preset sets: it descends into settings sections and stops at
+    fields, so a mapping-valued field (``finetune.runs``, ``mapper_overrides``) is replaced whole."""
+    section = section or Config
+    items = []
+    for key, value in overlay.items():
+        field = section.model_fields.get(key)
+        if field is None:
+            raise ValueError(f"preset: unknown setting {'.'.join((*path, key))!r}")
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(value, dict):
+            items += overlay_items(value, kind, (*path, key))
+        else:
+            items.append(([*path, key], value))
+    return items
+
+
+def apply_preset(params: Path, preset: Path) -> Config:
+    """Write ``preset``'s settings into the settings file ``params`` (comments and every other
+    setting kept) and return the result, validated before anything is written."""
+    from ruamel.yaml import YAML  # DVC's own YAML library; round-trips comments
+
+    yaml_rt = YAML()
+    yaml_rt.width, yaml_rt.preserve_quotes = 4096, True
+    yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    document = yaml_rt.load(params.read_text())
+    for keys, value in overlay_items(yaml.safe_load(preset.read_text()) or {}):
+        node = document
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+        node.ca.items.pop(keys[-1], None)  # the old value's comment no longer describes it
+    buffer = io.StringIO()
+    yaml_rt.dump(document, buffer)
+    cfg = Config.model_validate(yaml.safe_load(buffer.getvalue()))
+    params.write_text(buffer.getvalue())
+    return cfg
+
+
+def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (None = all defaults), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"settings file {path} does not exist")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    return Config.model_validate(apply_overrides(data, list(overrides)))
+
+
+def settings_parser(doc: str | None, **kwargs) -> argparse.ArgumentParser:
+    """A command line with ``--params FILE`` and repeatable ``--set KEY=VALUE``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    add_settings_arguments(parser)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="settings file (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting for this run, e.g. activitynet.subset.train_videos=20 (repeatable)")
+    return parser
+
+
+def run_command(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace, Config], object],
+                argv: list[str] | None = None) -> None:
+    """Parse ``argv``, load the settings, run ``work``; bad settings or missing inputs end the
+    process with one line that names them, not a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        work(args, load_config(args.params, args.overrides))
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"{parser.prog}: {err}")

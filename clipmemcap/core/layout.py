@@ -1,0 +1,199 @@
+"""Where every artifact lives: the one module that names paths (README "Data layout").
+
+    <root>/benchmark/                 the long-range benchmark's sources (videos, captions.zip, images)
+    <root>/activitynet/               frames/<video_id>.parquet, segments/<split>.parquet,
+                                      failures.parquet, manifest.json
+    <root>/coco/                      images/shard-<k>.parquet, captions.parquet, failures.parquet,
+                                      manifest.json
+    <root>/models/pretrain/           pre-training (best/, last/)
+    <root>/models/finetune/<run>-<seed>/   fine-tuning of one run and seed, with clip.json
+    <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json
+    <cache>/{activitynet,coco}/       downloads and the run lock; <cache>/caption/: `caption`'s downloads
+
+and, kept in git beside ``dvc.yaml`` (DVC metrics and plots, relative to the working directory):
+
+    metrics/runs/<run>-<seed>.json, metrics/summary.json, metrics/run.json
+    reports/pretrain/, reports/finetune/<run>-<seed>/ (dvclive logs), reports/results/
+
+``root`` is ``storage.root`` (a folder, or an object-store URL for the data flows); ``cache`` is
+``storage.cache`` (always local disk).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+ENCODER_SETTINGS = "_encoder.json"  # in a shard folder: the CLIP settings its shards were made with
+CLIP_SETTINGS = "clip.json"  # in a fine-tuning run's folder: the CLIP its training frames came from
+
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+
+
+def run_name(run: str, seed: int) -> str:
+    """A run and seed's folder name, as DVC names its matrix stages (``finetune@memorizing-0``)."""
+    return f"{run}-{seed}"
+
+
+def read_manifest(dataset: Path) -> dict:
+    """A dataset's manifest; it is written last, so without it the dataset is incomplete."""
+    path = dataset / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {dataset}: the dataset is missing or incomplete "
+                                f"(run its data flow, or `dvc repro`)")
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class BenchmarkPaths:
+    root: Path
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    def video(self, video_id: str) -> Path:
+        return self.videos / f"{video_id}.mp4"
+
+    @property
+    def captions_zip(self) -> Path:
+        return self.root / "captions.zip"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "source.json"
+
+
+@dataclass(frozen=True)
+class ActivityNetPaths:
+    """Outputs (DVC-tracked) under ``out``; downloads and the lock under ``cache``."""
+
+    out: Path
+    cache: Path
+
+    @property
+    def frames(self) -> Path:
+        return self.out / "frames"
+
+    def frame_shard(self, video_id: str) -> Path:
+        return self.frames / f"{video_id}.parquet"
+
+    @property
+    def segments(self) -> Path:
+        return self.out / "segments"
+
+    def segments_table(self, split: str) -> Path:
+        return self.segments / f"{split}.parquet"
+
+    @property
+    def failures(self) -> Path:
+        return self.out / "failures.parquet"
+
+    @property
+    def annotations(self) -> Path:
+        return self.cache / "captions.zip"
+
+    @property
+    def videos(self) -> Path:
+        return self.cache / "videos"
+
+    @property
+    def lock(self) -> Path:
+        return self.cache / "run.lock"
+
+
+@dataclass(frozen=True)
+class CocoPaths:
+    out: Path
+    cache: Path
+
+    @property
+    def images(self) -> Path:
+        """The embedding shards."""
+        return self.out / "images"
+
+    def shard(self, index: int) -> Path:
+        """Image ids in ``[index * shard_span, (index + 1) * shard_span)``."""
+        return self.images / f"shard-{index:05d}.parquet"
+
+    @property
+    def captions(self) -> Path:
+        return self.out / "captions.parquet"
+
+    @property
+    def failures(self) -> Path:
+        return self.out / "failures.parquet"
+
+    @property
+    def downloaded_captions(self) -> Path:
+        return self.cache / "captions"
+
+    @property
+    def downloaded_images(self) -> Path:
+        return self.cache / "images"
+
+    @property
+    def lock(self) -> Path:
+        return self.cache / "run.lock"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    cache: Path
+
+    @classmethod
+    def of(cls, cfg) -> Layout:
+        """The layout of a :class:`clipmemcap.core.config.Config`."""
+        return cls(cfg.storage.root, cfg.storage.cache)
+
+    @property
+    def benchmark(self) -> BenchmarkPaths:
+        return BenchmarkPaths(self.root / "benchmark")
+
+    @property
+    def activitynet(self) -> ActivityNetPaths:
+        return ActivityNetPaths(self.root / "activitynet", self.cache / "activitynet")
+
+    @property
+    def coco(self) -> CocoPaths:
+        return CocoPaths(self.root / "coco", self.cache / "coco")
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "models" / "pretrain"
+
+    @property
+    def finetune_runs(self) -> Path:
+        return self.root / "models" / "finetune"
+
+    def finetune(self, run: str, seed: int) -> Path:
+        return self.finetune_runs / run_name(run, seed)
+
+    def evaluation(self, run: str, seed: int) -> Path:
+        return self.root / "evaluation" / run_name(run, seed)
+
+    @property
+    def caption_downloads(self) -> Path:
+        return self.cache / "caption"
+
+    # In git, beside dvc.yaml.
+    pretrain_logs = REPORTS / "pretrain"
+    results = REPORTS / "results"
+    summary = METRICS / "summary.json"
+    run_summary = METRICS / "run.json"
+
+    @staticmethod
+    def finetune_logs(run: str, seed: int) -> Path:
+        return REPORTS / "finetune" / run_name(run, seed)
+
+    @staticmethod
+    def run_metrics(run: str, seed: int) -> Path:
+        return METRICS / "runs" / f"{run_name(run, seed)}.json"

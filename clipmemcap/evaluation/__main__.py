@@ -1,0 +1,3 @@
+from clipmemcap.evaluation.evaluate import main
+
+main()

@@ -1,0 +1,56 @@
+"""The evaluate stage: caption every test clip with one run's best fine-tuned weights, score it.
+
+    python -m clipmemcap.evaluation --run memorizing --seed 0
+
+Writes ``<root>/evaluation/<run>-<seed>/predictions.json`` (one row per clip: ids, times, frame
+count, prediction, reference), ``dense_captions.json`` (the dense-captioning evaluator's format)
+and the caption metrics to ``metrics/runs/<run>-<seed>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from clipmemcap.core.atomic import write_json
+from clipmemcap.core.config import Config, run_command, settings_parser
+from clipmemcap.core.layout import Layout
+from clipmemcap.evaluation.metrics import caption_metrics, dense_captioning_results
+from clipmemcap.model.beam import beam_search, captions
+from clipmemcap.model.captioner import load_caption_model, stop_ids
+from clipmemcap.training.datasets import ActivityNetClips, collate
+
+
+def evaluate(cfg: Config, run: str, seed: int) -> dict:
+    layout = Layout.of(cfg)
+    model, tokenizer = load_caption_model(cfg, layout.finetune(run, seed))
+    device, stops = next(model.parameters()).device, stop_ids(cfg, tokenizer)
+    clips = ActivityNetClips(layout.activitynet, "test")
+    rows = []
+    for first in range(0, len(clips), cfg.evaluate.batch_size):
+        indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
+        batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
+        with torch.inference_mode():
+            prefix = model.mapper(batch.frames.to(device), batch.times.to(device), batch.lengths.to(device))
+        texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stops))
+        for i, frames, text in zip(indices, batch.lengths.tolist(), texts):
+            segment = clips.rows[i]
+            rows.append({"video_id": segment["video_id"], "segment": segment["segment"], "start": segment["start"],
+                         "end": segment["end"], "frames": frames, "prediction": text, "reference": segment["caption"]})
+    metrics = caption_metrics({(r["video_id"], r["segment"]): r["prediction"] for r in rows},
+                              {(r["video_id"], r["segment"]): [r["reference"]] for r in rows})
+    metrics = {**metrics, "clips": len(rows)}
+    out = layout.evaluation(run, seed)
+    write_json(out / "predictions.json", rows)
+    write_json(out / "dense_captions.json",
+               dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))
+    write_json(layout.run_metrics(run, seed), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = settings_parser(__doc__, prog="python -m clipmemcap.evaluation")
+    parser.add_argument("--run", required=True, help="a run of finetune.runs, e.g. memorizing")
+    parser.add_argument("--seed", type=int, required=True, help="the training seed (one of finetune.seeds)")
+    run_command(parser, lambda args, cfg: print(json.dumps(evaluate(cfg, args.run, args.seed), indent=2)), argv)

@@ -1,0 +1,63 @@
+"""The captioner: a mapper's prefix, then GPT-2 (:class:`CaptionModel`), its batches, and how a
+trained one is loaded back from a fine-tuning run's folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from clipmemcap.core.config import Config
+from clipmemcap.core.devices import resolve_device
+from clipmemcap.core.layout import Layout
+from clipmemcap.model.mappers import load_mapper
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+
+
+@dataclass
+class Batch:
+    keys: list[tuple]
+    frames: torch.Tensor  # [B, T, D]
+    times: torch.Tensor  # [B, T]
+    lengths: torch.Tensor  # [B]
+    tokens: torch.Tensor  # [B, S]
+    token_mask: torch.Tensor  # [B, S]
+
+    def to(self, device) -> Batch:
+        return Batch(self.keys, *(t.to(device) for t in (self.frames, self.times, self.lengths, self.tokens,
+                                                         self.token_mask)))
+
+
+class CaptionModel(nn.Module):
+    """Mapper -> prefix -> GPT-2 loss."""
+
+    def __init__(self, mapper: nn.Module, lm: PrefixLM):
+        super().__init__()
+        self.mapper, self.lm = mapper, lm
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        prefix = self.mapper(batch.frames, batch.times, batch.lengths)
+        return self.lm(prefix, batch.tokens, batch.token_mask)
+
+
+def gpt2_source(cfg: Config, trained: Path):
+    """GPT-2 as ``trained`` left it when it was trained there, else the configured one."""
+    return trained / "gpt2" if (trained / "gpt2").exists() else cfg.model.lm
+
+
+def load_caption_model(cfg: Config, run_dir: Path) -> tuple[CaptionModel, object]:
+    """(model, tokenizer) of a fine-tuning run's best weights, in eval mode on the configured device."""
+    trained = run_dir / "best"
+    if not (trained / "mapper").exists():
+        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({run_dir.name}) first")
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
+    lm = gpt2_source(cfg, trained) if (trained / "gpt2").exists() else gpt2_source(cfg, Layout.of(cfg).pretrain / "best")
+    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(lm), tokenizer.eos_token_id))
+    return model.to(resolve_device(cfg.finetune.train.device)).eval(), tokenizer
+
+
+def stop_ids(cfg: Config, tokenizer) -> tuple[int, ...]:
+    return tuple(tokenizer(".")["input_ids"]) if cfg.evaluate.stop_at_period else ()

@@ -1,0 +1,3 @@
+from clipmemcap.results.report import main
+
+main()

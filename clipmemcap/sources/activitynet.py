@@ -1,0 +1,189 @@
+"""ActivityNet Captions: fetch ``captions.zip``, parse, normalise, validate; the dataset's paths
+and tables.
+
+Every segment or video that is dropped is returned as a :class:`Failure` with its reason; nothing
+is dropped silently. Segments are sorted by start, so a segment's ``index`` is its position in the
+sorted list of the video's valid segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from clipmemcap.core.atomic import write_json
+from clipmemcap.core.failures import Failure
+from clipmemcap.sources.http import fetch_file, is_local
+from clipmemcap.core.grid import grid_range, merge_ranges
+from clipmemcap.core.layout import MANIFEST, ActivityNetPaths
+from clipmemcap.core.jsonio import AnnotationError, parse_json
+from clipmemcap.core.shards import SCHEMA_VERSION, write_failures, write_segments
+
+ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
+VIDEO_ID = re.compile(r"^v_[A-Za-z0-9_-]{11}$")
+STAGE = "annotations"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: float
+    end: float  # clamped to the video's duration
+    caption: str
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    duration: float
+    segments: tuple[Segment, ...]
+
+    @property
+    def youtube_id(self) -> str:
+        return self.video_id[2:]
+
+    def frame_ranges(self, fps: float) -> list[range]:
+        """Merged grid ranges of all segments: each grid frame once, one seek per range."""
+        return merge_ranges([grid_range(s.start, s.end, fps) for s in self.segments])
+
+
+@dataclass
+class AnnotationFile:
+    name: str
+    videos: dict[str, Video] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    raw_segments: int = 0
+
+
+def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` unless a valid zip is already there. A local path (no URL
+    scheme) is read where it is, never cached, so a regenerated source is always seen."""
+    if is_local(url):
+        if not Path(url).is_file():
+            raise AnnotationError(f"annotations file {url} does not exist")
+        dest = Path(url)
+    elif not (dest.exists() and zipfile.is_zipfile(dest)):
+        fetch_file(url, dest, timeout_s)
+    if not zipfile.is_zipfile(dest):
+        if not is_local(url):
+            dest.unlink()
+        raise AnnotationError(f"{url} is not a zip file")
+    return dest
+
+
+def read_zip(path: Path) -> dict[str, bytes]:
+    """The three annotation files from the zip, found by base name (the zip may nest them)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise AnnotationError(f"{path}: not a valid zip file ({err})") from err
+    with archive:
+        members = {PurePosixPath(n).name: n for n in archive.namelist() if not n.endswith("/")}
+        missing = [name for name in ANNOTATION_FILES if name not in members]
+        if missing:
+            raise AnnotationError(f"{path}: missing {', '.join(missing)}")
+        return {name: archive.read(members[name]) for name in ANNOTATION_FILES}
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
+    """Validate one parsed file; see the module docstring for the rules."""
+    result = AnnotationFile(name)
+    for video_id, entry in data.items():
+
+        def reject(reason: str) -> None:
+            result.failures.append(Failure(str(video_id), STAGE, f"{name}: {reason}"))
+
+        if not VIDEO_ID.match(str(video_id)):
+            reject("video id does not match ^v_[A-Za-z0-9_-]{11}$")
+            continue
+        try:
+            duration = _number(entry["duration"])
+            timestamps, sentences = entry["timestamps"], entry["sentences"]
+            if len(timestamps) != len(sentences):
+                raise ValueError(f"{len(timestamps)} timestamps but {len(sentences)} sentences")
+            pairs = [(_number(s), _number(e), str(text)) for (s, e), text in zip(timestamps, sentences)]
+        except (KeyError, TypeError, ValueError) as err:
+            reject(f"malformed entry ({type(err).__name__}: {err})")
+            continue
+        if duration <= 0:
+            reject(f"duration {duration} is not positive")
+            continue
+        result.raw_segments += len(pairs)
+        kept = []
+        for raw_index, (start, end, text) in enumerate(pairs):
+            where = f"segment {raw_index} [{start}, {end}]"
+            caption = text.strip()
+            end = min(end, duration)
+            if start < 0:
+                reject(f"{where}: negative start")
+            elif start >= duration:
+                reject(f"{where}: start is at or after the duration {duration}")
+            elif end <= start:
+                reject(f"{where}: end <= start after clamping to the duration {duration}")
+            elif not caption:
+                reject(f"{where}: empty sentence")
+            elif len(grid_range(start, end, fps)) == 0:
+                reject(f"{where}: no frame of the {fps:g} fps grid lies inside")
+            else:
+                kept.append((start, end, caption))
+        kept.sort(key=lambda item: (item[0], item[1]))
+        if not kept:
+            reject("no valid segment left")
+            continue
+        segments = tuple(Segment(i, s, e, c) for i, (s, e, c) in enumerate(kept))
+        result.videos[video_id] = Video(video_id, duration, segments)
+    return result
+
+
+def load_annotations(zip_path: Path, fps: float) -> dict[str, AnnotationFile]:
+    """Parse and normalise all three files. A video listed in both train and val_1 (which would
+    leak test data into training) is removed from both and recorded."""
+    files = {
+        name: normalise_file(name, parse_json(name, payload), fps)
+        for name, payload in read_zip(zip_path).items()
+    }
+    train, test = files["train.json"], files["val_1.json"]
+    for video_id in sorted(train.videos.keys() & test.videos.keys()):
+        for afile in (train, test):
+            del afile.videos[video_id]
+            afile.failures.append(
+                Failure(video_id, STAGE, f"{afile.name}: listed in both train.json and val_1.json")
+            )
+    return files
+
+
+def write_activitynet_tables(paths: ActivityNetPaths, chosen: dict[str, list[Video]], failures: list[Failure],
+                             fps: float, manifest: dict) -> dict:
+    """Segments per split, failures, and the manifest (written last: its presence means the
+    dataset is complete). Shards of videos no longer chosen are removed so that ``frames/`` holds
+    exactly the dataset."""
+    keep = {v.video_id for videos in chosen.values() for v in videos}
+    for path in paths.frames.glob("*.parquet"):
+        if path.stem not in keep:
+            log.info("removing shard of %s: not in the selected subset", path.stem)
+            path.unlink()
+    segment_counts = {}
+    for split, videos in chosen.items():
+        rows = [{"video_id": v.video_id, "segment": s.index, "start": s.start, "end": s.end,
+                 "caption": s.caption, "split": split}
+                for v in sorted(videos, key=lambda v: v.video_id) for s in v.segments]
+        write_segments(paths.segments_table(split), rows)
+        segment_counts[split] = len(rows)
+    write_failures(paths.failures, failures)
+    frames = sum(len(r) for videos in chosen.values() for v in videos for r in v.frame_ranges(fps))
+    manifest = {**manifest, "schema_version": SCHEMA_VERSION,
+                "counts": {"videos": {s: len(v) for s, v in chosen.items()},
+                           "segments": segment_counts, "frames": frames, "failures": len(failures)}}
+    write_json(paths.out / MANIFEST, manifest)
+    return manifest

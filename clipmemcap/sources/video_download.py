@@ -1,0 +1,113 @@
+"""Fetch one video with yt-dlp into ``videos/<video_id>.<ext>``, atomically and only once.
+
+yt-dlp writes into a private ``.partial/<video_id>/`` folder; the file is probed with ffprobe and
+only a readable video is renamed into place, so a file under its final name is always complete.
+Errors are the transient/permanent classes of :mod:`clipmemcap.sources.http` (a private video or a
+file that is not a video is permanent).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import ffmpeg
+import yt_dlp
+
+from clipmemcap.core.config import DownloadConfig
+from clipmemcap.sources.http import PermanentDownloadError, classify, is_local
+
+def probe_video(path: Path) -> float:
+    """Duration in seconds of the first video stream; raises PermanentDownloadError when the file
+    is empty, unreadable, or has no video stream."""
+    if path.stat().st_size == 0:
+        raise PermanentDownloadError("file is empty (0 bytes)")
+    try:
+        info = ffmpeg.probe(str(path))
+    except ffmpeg.Error as err:
+        lines = err.stderr.decode(errors="replace").replace(str(path), path.name).strip().splitlines()
+        raise PermanentDownloadError(f"unreadable by ffprobe: {lines[-1] if lines else err}")
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
+    if not streams:
+        raise PermanentDownloadError("no video stream (audio-only or not a video)")
+    duration = streams[0].get("duration") or info.get("format", {}).get("duration")
+    if duration is None or float(duration) <= 0:
+        raise PermanentDownloadError("video stream has no duration")
+    return float(duration)
+
+
+def find_video(videos_dir: Path, video_id: str) -> Path | None:
+    """The published file of ``video_id``, whatever container yt-dlp chose."""
+    matches = sorted(videos_dir.glob(f"{video_id}.*"))
+    return matches[0] if matches else None
+
+
+def _ydl_options(cfg: DownloadConfig, out_dir: Path, video_id: str) -> dict:
+    options = {
+        "format": cfg.format,
+        "outtmpl": str(out_dir / f"{video_id}.%(ext)s"),
+        "socket_timeout": cfg.socket_timeout_s,
+        # Retries belong to the caller (see module docstring); yt-dlp's own would multiply them.
+        "retries": 0,
+        "fragment_retries": 0,
+        "extractor_retries": 0,
+        "noplaylist": True,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "logger": _SilentLogger(),
+        "overwrites": True,
+        "continuedl": False,
+    }
+    if cfg.rate_limit:
+        options["ratelimit"] = yt_dlp.utils.parse_bytes(cfg.rate_limit)
+    if cfg.cookies_file:
+        options["cookiefile"] = str(cfg.cookies_file)
+    return options
+
+
+class _SilentLogger:
+    """yt-dlp prints errors itself before raising; we report them once, through the exception."""
+
+    def debug(self, msg):
+        pass
+
+    info = warning = error = debug
+
+
+def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) -> Path:
+    """Download ``url`` as ``videos_dir/<video_id>.<ext>`` unless a readable copy is there."""
+    existing = find_video(videos_dir, video_id)
+    if existing is not None:
+        try:
+            probe_video(existing)
+            return existing
+        except PermanentDownloadError:
+            existing.unlink()
+    partial = videos_dir / ".partial" / video_id
+    options = _ydl_options(cfg, partial, video_id)
+    if is_local(url):  # a local file goes through yt-dlp too, as a file:// URL
+        if not Path(url).is_file():
+            raise PermanentDownloadError(f"{url} does not exist")
+        url, options["enable_file_urls"] = Path(url).resolve().as_uri(), True
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        try:
+            with yt_dlp.YoutubeDL(options) as ydl:
+                ydl.download([url])
+        except yt_dlp.utils.DownloadError as err:
+            message = re.sub(r"^ERROR:\s*", "", str(err)).strip()
+            if "Did not get any data blocks" in message:
+                message = f"the server sent an empty file (0 bytes): {message}"
+            raise classify(message)(message) from None
+        files = [p for p in partial.iterdir() if p.is_file() and not p.name.endswith(".part")]
+        if len(files) != 1:
+            raise PermanentDownloadError(f"expected one downloaded file, found {len(files)}")
+        probe_video(files[0])
+        final = videos_dir / files[0].name
+        files[0].replace(final)
+        return final
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

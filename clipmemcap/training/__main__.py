@@ -1,0 +1,3 @@
+from clipmemcap.training.stages import main
+
+main()

@@ -1,0 +1,103 @@
+"""The training stages, as DVC runs them: COCO pre-training, then ActivityNet fine-tuning of each
+run (a mapper) and seed, started from pre-training's best weights.
+
+    python -m clipmemcap.training pretrain
+    python -m clipmemcap.training finetune --run memorizing --seed 0
+
+``clip_dim`` and ``embed_dim`` of a mapper always come from the data (the CLIP embedding size in
+the dataset's manifest) and from GPT-2, whatever its config file says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from clipmemcap.core.atomic import write_json
+from clipmemcap.core.config import Config, run_command, settings_parser
+from clipmemcap.core.layout import CLIP_SETTINGS, Layout, read_manifest
+from clipmemcap.model.captioner import CaptionModel, gpt2_source
+from clipmemcap.model.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
+from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, frame_statistics
+from clipmemcap.training.loop import train
+
+log = logging.getLogger(__name__)
+
+
+def _model(cfg: Config, mapper: str, overrides: dict, seed: int, dataset: Path, gpt2, tokenizer) -> CaptionModel:
+    gpt2 = load_gpt2(gpt2)
+    clip_dim = read_manifest(dataset)["clip"]["embed_dim"]
+    mapper_cfg = MapperConfig.load(mapper, **{**overrides, "clip_dim": clip_dim, "embed_dim": gpt2.config.n_embd})
+    torch.manual_seed(seed)
+    return CaptionModel(build_mapper(mapper_cfg), PrefixLM(gpt2, tokenizer.eos_token_id, frozen=not cfg.model.finetune_lm))
+
+
+def _fingerprint(cfg: Config, model: CaptionModel, dataset: Path) -> dict:
+    """What a checkpoint must match to be resumed."""
+    return {"mapper": asdict(model.mapper.cfg), "model": cfg.model.model_dump(mode="json"),
+            "data": read_manifest(dataset)["counts"]}
+
+
+def pretrain(cfg: Config) -> dict:
+    layout, stage = Layout.of(cfg), cfg.pretrain
+    coco = layout.coco
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    model = _model(cfg, stage.mapper, stage.mapper_overrides, stage.train.seed, coco.out, cfg.model.lm, tokenizer)
+    train_data = CocoCaptions(coco, stage.train_splits)
+    if isinstance(model.mapper, VideoTransformer):  # ClipCap's image mappers take raw embeddings
+        model.mapper.set_frame_statistics(*frame_statistics(train_data))
+    return train(model, train_data, CocoCaptions(coco, stage.val_splits), tokenizer, stage.train, layout.pretrain,
+                 live_dir=layout.pretrain_logs, fingerprint=_fingerprint(cfg, model, coco.out))
+
+
+def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None) -> tuple[CaptionModel, list[str]]:
+    """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
+    there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
+    layout = Layout.of(cfg)
+    pretrained = layout.pretrain / "best"
+    if not (pretrained / "mapper").exists():
+        raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
+    tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer)
+    mapper, overrides, _ = cfg.finetune.run(run, seed)
+    model = _model(cfg, mapper, overrides, seed, layout.activitynet.out, gpt2_source(cfg, pretrained), tokenizer)
+    copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
+    if not copied:
+        raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {mapper}")
+    log.info("initialised %d mapper tensors from %s", len(copied), pretrained)
+    return model, copied
+
+
+def finetune(cfg: Config, run: str, seed: int) -> dict:
+    layout = Layout.of(cfg)
+    data, out = layout.activitynet, layout.finetune(run, seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    model, _ = initial_finetune_model(cfg, run, seed, tokenizer)
+    metrics = train(model, ActivityNetClips(data, "train"), ActivityNetClips(data, "val"), tokenizer,
+                    cfg.finetune.run(run, seed)[2], out, live_dir=layout.finetune_logs(run, seed),
+                    fingerprint=_fingerprint(cfg, model, data.out))
+    # The CLIP settings the model was trained on travel with it: `clipmemcap caption` refuses
+    # frames embedded by any other CLIP.
+    write_json(out / CLIP_SETTINGS, read_manifest(data.out)["clip"])
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = settings_parser(__doc__, prog="python -m clipmemcap.training")
+    parser.add_argument("stage", choices=["pretrain", "finetune"])
+    parser.add_argument("--run", help="finetune: a run of finetune.runs, e.g. memorizing")
+    parser.add_argument("--seed", type=int, help="finetune: the training seed (one of finetune.seeds)")
+
+    def work(args, cfg) -> None:
+        if args.stage == "pretrain":
+            print(json.dumps(pretrain(cfg), indent=2))
+        elif args.run is None or args.seed is None:
+            parser.error("finetune needs --run and --seed")
+        else:
+            print(json.dumps(finetune(cfg, args.run, args.seed), indent=2))
+
+    run_command(parser, work, argv)

@@ -1,0 +1,79 @@
+"""Samples read straight from Parquet datasets written by the same writers the flows use."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, Sample, collate, epoch_order, frame_statistics
+from clipmemcap.core.layout import ActivityNetPaths, CocoPaths
+from clipmemcap.model.prefix_lm import load_tokenizer
+from clipmemcap.core.shards import write_captions, write_frame_shard, write_image_shard, write_segments
+from conftest import TOKENIZER
+
+
+def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
+    times = np.arange(130, dtype=np.float32) / np.float32(5)  # 26 s at 5 fps: three row groups
+    embeddings = np.random.default_rng(0).standard_normal((130, 8)).astype(np.float32)
+    write_frame_shard(tmp_path / "frames" / "v_aaaaaaaaaaa.parquet", "v_aaaaaaaaaaa", times, embeddings, "float32")
+    write_segments(tmp_path / "segments" / "train.parquet", [
+        {"video_id": "v_aaaaaaaaaaa", "segment": 0, "start": 1.0, "end": 3.3, "caption": "a", "split": "train"},
+        {"video_id": "v_aaaaaaaaaaa", "segment": 1, "start": 2.1, "end": 24.0, "caption": "b", "split": "train"}])
+    clips = ActivityNetClips(ActivityNetPaths(tmp_path, tmp_path / "cache"), "train")
+    first, second = clips[0], clips[1]
+    assert first.key == ("v_aaaaaaaaaaa", 0) and len(first.frames) == 12  # t = 1.0 ... 3.2
+    np.testing.assert_array_equal(first.frames, embeddings[5:17])
+    np.testing.assert_allclose(first.times, np.arange(12) / 5, atol=1e-6)  # from the clip's start
+    assert len(second.frames) == 109 and second.times[0] == np.float32(2.2) - np.float32(2.1)
+    np.testing.assert_array_equal(second.frames, embeddings[11:120])  # across row-group boundaries
+
+
+def test_coco_sample_is_a_one_frame_clip_per_caption(tmp_path):
+    ids = np.array([3, 12_007, 15])
+    embeddings = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    for shard in (0, 1):
+        keep = ids // 10_000 == shard
+        write_image_shard(CocoPaths(tmp_path, tmp_path / "cache").shard(shard), ids[keep], embeddings[keep], "float16")
+    write_captions(tmp_path / "captions.parquet", [
+        {"image_id": 12_007, "caption": "x", "split": "train"}, {"image_id": 3, "caption": "y", "split": "test"},
+        {"image_id": 15, "caption": "z", "split": "restval"}, {"image_id": 12_007, "caption": "w", "split": "train"}])
+    (tmp_path / "manifest.json").write_text(json.dumps({"shard_span": 10_000}))
+    data = CocoCaptions(CocoPaths(tmp_path, tmp_path / "cache"), ("train", "restval"))
+    assert len(data) == 3 and [data[i].caption for i in range(3)] == ["x", "z", "w"]
+    np.testing.assert_allclose(data[0].frames[0], embeddings[1], atol=1e-2)  # stored as float16
+    assert data[0].frames.shape == (1, 8) and data[0].times.tolist() == [0.0]
+
+
+def test_collate_pads_clips_and_captions_and_order_is_seeded(tmp_path):
+    from clipmemcap.training.datasets import Sample
+
+    tokenizer = load_tokenizer(TOKENIZER)
+    batch = collate([Sample(("a", 0), np.ones((3, 4), np.float32), np.arange(3, dtype=np.float32), "a red circle"),
+                     Sample(("b", 0), np.ones((1, 4), np.float32), np.zeros(1, np.float32), "one two three four five")],
+                    tokenizer, max_tokens=4)
+    assert batch.frames.shape == (2, 3, 4) and batch.lengths.tolist() == [3, 1]
+    assert batch.tokens.shape == (2, 4) and batch.token_mask.sum(1).tolist() == [3, 4]
+    assert epoch_order(10, 0, 0) == epoch_order(10, 0, 0) != epoch_order(10, 0, 1)
+
+
+def test_frame_statistics_count_each_image_once(tmp_path):
+    samples = [Sample((1, 0), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "a"),
+               Sample((1, 1), np.array([[1.0, 10.0]], np.float32), np.zeros(1, np.float32), "b"),  # same image
+               Sample((2, 0), np.array([[3.0, 10.0]], np.float32), np.zeros(1, np.float32), "c")]
+    mean, _ = frame_statistics(samples)
+    assert mean.tolist() == [2.0, 10.0]
+    with pytest.raises(ValueError, match="training data is empty"):
+        frame_statistics([])
+
+
+def test_frame_statistics_whiten_strong_directions_and_damp_noise():
+    rng = np.random.default_rng(0)
+    # correlated strong directions of very different variance, and one of rounding noise
+    signal = rng.normal(size=(4000, 3)) * [10.0, 1.0, 0.5] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    frames = np.concatenate([signal, 1e-4 * rng.normal(size=(4000, 1))], 1).astype(np.float32) + 5.0
+    samples = [Sample((i, 0), frames[i : i + 1], np.zeros(1, np.float32), "a") for i in range(len(frames))]
+    mean, whitening = frame_statistics(samples, ridge=1e-4)
+    white = (frames - mean) @ whitening
+    covariance = np.cov(white.T)
+    assert np.allclose(covariance[:3, :3], np.eye(3), atol=0.02)  # every signal direction at unit variance
+    assert covariance[3, 3] < 1e-3  # the noise direction is not blown up to unit variance
