@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -22,4 +23,13 @@ def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dic
     # The temporary Prefect server a run starts would otherwise try to send usage telemetry and log
     # a stack trace wherever there is no internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.getLogger("prefect").addFilter(_TemporaryServerNotice())
     return flow(params=args.params, overrides=args.overrides)
+
+
+class _TemporaryServerNotice(logging.Filter):
+    """Without PREFECT_API_URL every run starts and stops a temporary Prefect server and says so,
+    with a link, at INFO: nothing to act on in a `dvc repro` (README "Deployments" for a server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Starting temporary server", "Stopping temporary server"))

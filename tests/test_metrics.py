@@ -56,3 +56,21 @@ def test_dense_captioning_file_format():
                                     {"video_id": "v_a", "start": 0, "end": 1, "caption": "y"}])
     assert out["results"] == {"v_a": [{"sentence": "y", "timestamp": [0.0, 1.0]}],
                               "v_b": [{"sentence": "x", "timestamp": [1.0, 2.5]}]}
+
+
+def test_child_stderr_is_held_and_shown_only_when_the_block_fails(capfd):
+    """The PTB tokenizer's Java reports its speed on stderr at every call: held back, unless the
+    call fails, when it is the explanation."""
+    import subprocess
+    import sys
+
+    from clipmemcap.evaluation.metrics import _java_stderr_shown_only_on_failure
+
+    speak = [sys.executable, "-c", "import sys; sys.stderr.write('tokenized 39 tokens')"]
+    with _java_stderr_shown_only_on_failure():
+        subprocess.run(speak, check=True)
+    assert "tokenized" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError), _java_stderr_shown_only_on_failure():
+        subprocess.run(speak, check=True)
+        raise RuntimeError("the tokenizer failed")
+    assert "tokenized 39 tokens" in capfd.readouterr().err

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Hashable
+import os
+import sys
+import tempfile
+from collections.abc import Hashable, Iterator
 
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
@@ -22,7 +25,28 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 def _tokenised(captions: dict[Hashable, list[str]]) -> dict[str, list[str]]:
     keyed = {str(i): [{"caption": c} for c in texts] for i, texts in enumerate(captions.values())}
-    return PTBTokenizer().tokenize(keyed)
+    with _java_stderr_shown_only_on_failure():  # it reports its speed on every call
+        return PTBTokenizer().tokenize(keyed)
+
+
+@contextlib.contextmanager
+def _java_stderr_shown_only_on_failure() -> Iterator[None]:
+    """Hold what child processes write to stderr (file descriptor 2) while the block runs; pass it
+    on only if the block fails, where it explains why."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def caption_metrics(predictions: dict[Hashable, str], references: dict[Hashable, list[str]]) -> dict[str, float]:
