@@ -5,7 +5,7 @@
 On a synthetic ActivityNet-layout dataset (frame shards of 5 fps videos, 3 segments each, CLIP
 dim 512) with a tiny memorizing mapper and a tiny GPT-2, CPU:
   raw:  forward + backward + AdamW on batches already collated in memory,
-  loop: clipmemcap.train.train() on the same batches read from the shards.
+  loop: clipmemcap.training.loop.train() on the same batches read from the shards.
 Both are timed in steady state, from the end of the first step to the end of the last (the loop's
 final checkpoint and validation, and both warm-ups, are left out).
 Target (issue 5): loop >= 0.9 x raw samples/s (data loading is never the bottleneck).

@@ -1,7 +1,7 @@
 """Caption any video with a fine-tuned model: ``clipmemcap caption PATH_OR_URL``.
 
 The pipeline's own parts do the work: yt-dlp for URLs (:func:`clipmemcap.download.fetch_video`),
-ffmpeg on the fps grid (:func:`clipmemcap.decode.decode_range`), CLIP through the embedding
+ffmpeg on the fps grid (:func:`clipmemcap.frames.ffmpeg_frames.decode_range`), CLIP through the embedding
 pipeline (decoding ahead of CLIP), the run's mapper and GPT-2, beam search. A clip streams
 through in pieces: each piece is decoded, embedded and fed to the mapper (``mapper.stream``; the
 memorizing mapper keeps its kNN memory across pieces), so memory use does not grow with the

@@ -1,6 +1,6 @@
 """Beam search with GPT-2's KV cache vs the recompute-everything loop of ClipCap's reference code.
 
-    python benchmarks/decoding.py [--batch 32] [--beam 5] [--max-tokens 67] [--layers 12]
+    python benchmarks/beam_search.py [--batch 32] [--beam 5] [--max-tokens 67] [--layers 12]
 
 GPT-2 124M architecture (random weights; no hub here), prefix of 10, CPU. Both loops run on the
 same weights and must return the same tokens. Target (issue 5): cached >= 5x faster at beam 5,
