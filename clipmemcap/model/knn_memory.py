@@ -8,7 +8,7 @@ gradients reach the queries and never the memory. Backends:
 - ``torch``: exact, one matmul + top-k (the default: fastest exact search at 5 fps clip sizes);
 - ``faiss-flat``: exact, faiss ``IndexFlatIP`` (ids mapped so evicted entries are removed);
 - ``faiss-hnsw``: approximate, faiss HNSW; rebuilt when entries are evicted. Measure its recall
-  (``benchmarks/knn_memory.py``) before trusting it.
+  (``benchmarks/memorizing_mapper.py``) before trusting it.
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ class VideoTransformer(nn.Module):
         return self.transformer(x, key_mask, memory)[:, W:]
 
     def set_frame_statistics(self, mean: np.ndarray, whitening: np.ndarray) -> None:
-        """mean [D] and whitening [D, D] (see :func:`clipmemcap.clip_data.frame_statistics`)."""
+        """mean [D] and whitening [D, D] (see :func:`clipmemcap.training.datasets.frame_statistics`)."""
         self.frame_mean.copy_(torch.as_tensor(mean))
         self.frame_whitening.copy_(torch.as_tensor(whitening))
 
