@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from clipmemcap.core.config import CocoConfig, load_config
 from clipmemcap.core.failures import Failure
-from clipmemcap.core.layout import Layout
+from clipmemcap.core.layout import Layout, UnsafePath, inside
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import embed_images, encoder_settings, prepare_shard_dir
 from clipmemcap.sources.coco import (CocoImage, ImageShard, choose, group_by_shard, load_captions,
@@ -44,13 +44,13 @@ def download_images(images: list[CocoImage], cfg: CocoConfig, root: Path) -> lis
     after the whole batch was tried, so Prefect retries the batch (fetched images are kept)."""
     failures, transient = [], []
     for image in images:
-        dest = root / image.file
-        if dest.exists():
-            continue
         try:
+            dest = inside(root, image.file)
+            if dest.exists():
+                continue
             fetch_file(cfg.images_url_template.format(file=image.file, image_id=image.image_id), dest,
                        cfg.download.timeout_s)
-        except PermanentDownloadError as err:
+        except (PermanentDownloadError, UnsafePath) as err:
             failures.append(Failure(str(image.image_id), "download", str(err)))
         except TransientDownloadError as err:
             transient.append(f"{image.image_id}: {err}")

@@ -167,3 +167,39 @@ def test_caption_files_with_bad_json_or_format_fail_clearly(tmp_path):
         load_captions(bad, "karpathy")
     with pytest.raises(AnnotationError, match=r"no captions_\*.json inside"):
         load_captions(bad, "official")
+
+
+def test_hostile_image_paths_touch_nothing_outside_storage(tmp_path, http_server, prefect_server):
+    """A captions file is input from the internet. An image whose file name is an absolute path,
+    or climbs out with '..', is recorded and never read, fetched or deleted: the earlier code
+    deleted both victim files (they failed to decode as images) and made folders outside storage."""
+    from flows.coco import coco_ingest
+
+    src = make_coco_source(tmp_path / "src", n_images=3, fmt="karpathy", seed=5)
+    data = json.loads(zipfile.ZipFile(src.captions_path).read("dataset_coco.json"))
+    victims = tmp_path / "victims"
+    victims.mkdir()
+    (victims / "absolute.txt").write_text("keep me")
+    (victims / "dotdot.txt").write_text("keep me too")
+    climb = "../" * 5 + "victims"  # from storage/cache/coco/images/val2014 up to tmp_path
+    hostile = {777001: (str(victims), "absolute.txt"), 777002: ("val2014", f"{climb}/dotdot.txt"),
+               777003: ("val2014", f"{climb}/new/made.jpg")}
+    for image_id, (filepath, filename) in hostile.items():
+        data["images"].append({"cocoid": image_id, "filepath": filepath, "filename": filename, "split": "train",
+                               "sentences": [{"raw": "a victim"}]})
+    write_captions_zip(src.captions_path, {"dataset_coco.json": data})
+    shutil.copytree(src.images_root, http_server.root / "images")
+    shutil.copy(src.captions_path, http_server.root / "caption_datasets.zip")
+    storage = tmp_path / "storage"
+
+    manifest = coco_ingest(params=str(ROOT / "params.yaml"), overrides=settings(http_server.url, storage))
+    assert (victims / "absolute.txt").read_text() == "keep me" and (victims / "dotdot.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in victims.iterdir()) == ["absolute.txt", "dotdot.txt"]  # no folder made there
+    assert manifest["counts"]["images"] == 3
+    failures = pq.read_table(storage / "coco" / "failures.parquet").to_pylist()
+    recorded = {int(f["image_id"]): f for f in failures}
+    assert set(hostile) <= recorded.keys()
+    for image_id in hostile:
+        assert recorded[image_id]["stage"] == "annotations"
+        assert "not a relative path inside the COCO root" in recorded[image_id]["reason"]
+    assert not any("victims" in path for path in http_server.hits)  # nothing was fetched for them either

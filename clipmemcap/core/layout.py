@@ -38,6 +38,21 @@ def run_name(run: str, seed: int) -> str:
     return f"{run}-{seed}"
 
 
+class UnsafePath(ValueError):
+    """A path from input data that would lead out of the folder it belongs in."""
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative`` resolved (links, ``..``), refused unless it stays inside ``root``: file
+    names in annotation files are input data, and nothing outside storage is read, written or
+    deleted."""
+    base = Path(root).resolve()
+    path = (base / relative).resolve()
+    if base not in path.parents:
+        raise UnsafePath(f"{relative!r} is not a path inside {root}")
+    return path
+
+
 def read_manifest(dataset: Path) -> dict:
     """A dataset's manifest; it is written last, so without it the dataset is incomplete."""
     path = dataset / MANIFEST

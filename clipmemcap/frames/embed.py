@@ -21,7 +21,7 @@ import numpy as np
 
 from clipmemcap.core.atomic import remove_stale_temporaries, write_json
 from clipmemcap.frames.clip_encoder import ClipEncoder
-from clipmemcap.core.layout import ENCODER_SETTINGS, ActivityNetPaths
+from clipmemcap.core.layout import ENCODER_SETTINGS, ActivityNetPaths, UnsafePath, inside
 from clipmemcap.core.shards import write_frame_shard
 from clipmemcap.frames.ffmpeg_frames import DecodeError, decode_images, decode_range
 from clipmemcap.core.failures import Failure
@@ -228,13 +228,20 @@ def embed_images(batches: Iterable[tuple[list, list[Failure]]], root: Path, enco
             failed = {f.key for f in download_failures}
             yield from download_failures
             for image in batch:
-                if str(image.image_id) not in failed and not (root / image.file).exists():
-                    failed.add(str(image.image_id))
-                    yield Failure(str(image.image_id), "download", f"{image.file} not found under {root.name}/")
+                key = str(image.image_id)
+                if key in failed:
+                    continue
+                try:
+                    if not inside(root, image.file).exists():
+                        failed.add(key)
+                        yield Failure(key, "download", f"{image.file} not found under {root.name}/")
+                except UnsafePath as err:
+                    failed.add(key)
+                    yield Failure(key, "download", str(err))
             ready = tuple(image for image in batch if str(image.image_id) not in failed)
             if ready:
                 files.update((str(image.image_id), image.file) for image in ready)
-                yield ImageBatch(ready, tuple(root / image.file for image in ready))
+                yield ImageBatch(ready, tuple(inside(root, image.file) for image in ready))
 
     def decode(job: ImageBatch):
         return decode_images([(str(image.image_id), path) for image, path in zip(job.images, job.paths)],
@@ -246,8 +253,8 @@ def embed_images(batches: Iterable[tuple[list, list[Failure]]], root: Path, enco
         if isinstance(outcome, Failure):
             failures.append(outcome)
             failed.add(outcome.key)
-            if outcome.stage == "decode" and refetch_broken:
-                (root / files[outcome.key]).unlink(missing_ok=True)
+            if outcome.stage == "decode" and refetch_broken:  # a file this project downloaded
+                inside(root, files[outcome.key]).unlink(missing_ok=True)
             continue
         job, batch_embeddings = outcome
         ids += [image.image_id for image in job.images if str(image.image_id) not in failed]

@@ -78,6 +78,13 @@ def _records_official(name: str, data: dict):
         yield image_id, None, split, []
 
 
+def _plain_relative(file: str) -> bool:
+    """A file name becomes a path under the images folder: no absolute path, no ``..``."""
+    path = PurePosixPath(file)
+    return (0 < len(file) <= 1024 and "\x00" not in file and "\\" not in file and not path.is_absolute()
+            and all(part not in ("..", ".") for part in path.parts))
+
+
 def normalise(name: str, data: dict, fmt: str, result: CocoAnnotations) -> None:
     records = _records_karpathy if fmt == "karpathy" else _records_official
     try:
@@ -87,6 +94,9 @@ def normalise(name: str, data: dict, fmt: str, result: CocoAnnotations) -> None:
                 result.failures.append(Failure(key, STAGE, f"{name}: image id is not an integer"))
             elif file is None:
                 result.failures.append(Failure(key, STAGE, f"{name}: captions refer to an image not in the file"))
+            elif not _plain_relative(file):
+                result.failures.append(Failure(key, STAGE, f"{name}: image file {file!r} is not a relative path "
+                                                           "inside the COCO root"))
             elif image_id in result.images:
                 result.failures.append(Failure(key, STAGE, f"{name}: image id listed twice; the first entry is kept"))
             else:
