@@ -11,6 +11,7 @@ saw its training and test frames, so a test clip gets the caption the evaluate s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -84,6 +85,12 @@ def video_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "video"
 
 
+def download_name(url: str) -> str:
+    """The cached download's name: the video's name and a digest of the whole URL, so that two
+    URLs ending in the same file name (``.../a/clip.mp4``, ``.../b/clip.mp4``) are two videos."""
+    return f"{video_name(url)}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
 def open_video(source: str, cfg: Config) -> tuple[Path, float]:
     """(local file, duration in s) of a path or a URL (downloaded with the pipeline's yt-dlp settings)."""
     if is_local(source):
@@ -92,7 +99,7 @@ def open_video(source: str, cfg: Config) -> tuple[Path, float]:
             raise CaptionError(f"no such video file: {source}")
     else:
         try:
-            path = fetch_video(video_name(source), source, Layout.of(cfg).caption_downloads, cfg.activitynet.download)
+            path = fetch_video(download_name(source), source, Layout.of(cfg).caption_downloads, cfg.activitynet.download)
         except DownloadError as err:
             raise CaptionError(f"could not download {source}: {err}") from None
     try:

@@ -109,3 +109,13 @@ def test_bad_zip_and_missing_member_are_clear(tmp_path):
     write_captions_zip(bad, {"train.json": {}, "val_1.json": {}})
     with pytest.raises(AnnotationError, match="missing val_2.json"):
         read_zip(bad)
+
+
+@pytest.mark.parametrize("hostile", ["v_abcdefghijk\n", "v_abcdefghijk/../x", "../v_abcdefghi", "-v_abcdefghij",
+                                     "v_abc defghij", "v_abcdefghijkl"])
+def test_an_id_is_matched_whole_before_it_becomes_a_file_name(hostile):
+    """Ids become file names and command arguments: `re.match` with `$` let a trailing newline in."""
+    good = {"duration": 10.0, "timestamps": [[0.0, 5.0]], "sentences": ["a cat"]}
+    result = normalise_file("train.json", {hostile: good, "v_abcdefghijk": good}, fps=5)
+    assert list(result.videos) == ["v_abcdefghijk"]
+    assert [f.key for f in result.failures] == [hostile] and "does not match" in result.failures[0].reason

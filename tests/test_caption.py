@@ -76,6 +76,14 @@ def test_a_url_is_fetched_with_yt_dlp(setup, http_server, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert http_server.hits["/videos/clip.mp4"] >= 1
 
+    # Another video under the same file name at another URL is another video: the download cache
+    # was keyed by the file name alone and captioned the first video for the second.
+    (http_server.root / "other").mkdir()
+    write_video(http_server.root / "other" / "clip.mp4", 2.5, 160, 120)
+    caption(settings + [f"storage.work={root / 'work'}"], f"{http_server.url}/other/clip.mp4", "--window", "4")
+    assert [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()] == ["0:00:00.0 - 0:00:02.5"]
+    assert http_server.hits["/other/clip.mp4"] >= 1
+
 
 @pytest.mark.parametrize("case,words", [
     ("missing", "no such video file"),

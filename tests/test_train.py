@@ -1,6 +1,7 @@
 """Training loop: resume after a kill, warm-up, best-epoch selection, dvclive logs."""
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -65,6 +66,34 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert best == best_resumed and best["epoch"] in (0, 1)
     assert (tmp_path / "resumed" / "best" / "mapper" / "model.safetensors").exists()
+
+
+def test_a_run_killed_in_the_middle_of_a_checkpoint_swap_resumes_from_the_new_checkpoint(tmp_path):
+    """A kill between the swap's renames leaves only last.next/, complete: the earlier code threw
+    it away and trained again from step 0 (and logged every step twice)."""
+    train_data, val_data = clips(12, 1), clips(4, 2)
+    straight = model()
+    train(straight, train_data, val_data, TOKENIZER, CFG, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(model(), train_data, val_data, TOKENIZER, CFG, tmp_path / "swap", on_step=kill_at_5)
+    out = tmp_path / "swap"
+    shutil.rmtree(out / "last")  # as if killed after the old checkpoint went, before the new one moved in:
+    shutil.copytree(tmp_path / "straight" / "last", out / "last.next")  # a complete checkpoint (step 6)
+    steps = []
+    resumed = model(seed=123)
+    train(resumed, train_data, val_data, TOKENIZER, CFG, out, on_step=steps.append)
+    assert steps == []  # step 6 was the last one: nothing left to train
+    for key, value in weights(straight).items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("last")) == ["last"]
 
 
 def test_warm_up_reaches_the_set_learning_rate_and_dvclive_logs_it(tmp_path):

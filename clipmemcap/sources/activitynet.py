@@ -24,7 +24,7 @@ from clipmemcap.core.jsonio import AnnotationError, parse_json
 from clipmemcap.core.shards import SCHEMA_VERSION, write_failures, write_segments
 
 ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
-VIDEO_ID = re.compile(r"^v_[A-Za-z0-9_-]{11}$")
+VIDEO_ID = re.compile(r"v_[A-Za-z0-9_-]{11}")  # matched whole: `$` alone would accept a trailing newline
 STAGE = "annotations"
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
         def reject(reason: str) -> None:
             result.failures.append(Failure(str(video_id), STAGE, f"{name}: {reason}"))
 
-        if not VIDEO_ID.match(str(video_id)):
+        if not VIDEO_ID.fullmatch(str(video_id)):
             reject("video id does not match ^v_[A-Za-z0-9_-]{11}$")
             continue
         try:

@@ -26,7 +26,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from clipmemcap.core.atomic import write_json
+from clipmemcap.core.atomic import atomic_path, write_json
 from clipmemcap.training.datasets import collate, epoch_order, prefetch
 from clipmemcap.core.devices import resolve_device
 from clipmemcap.core.config import TrainConfig
@@ -52,6 +52,15 @@ def load_weights(model: CaptionModel, folder: Path) -> None:
     model.mapper.load_state_dict(load_mapper(folder / "mapper").state_dict())
     if (folder / "gpt2").exists():
         model.lm.gpt2.load_state_dict(load_gpt2(folder / "gpt2").state_dict())
+
+
+def _promote_complete_checkpoint(out: Path) -> None:
+    """A run killed between the renames of a checkpoint swap left no last/ but a complete
+    last.next/: that one is the checkpoint to resume from, not a reason to start over."""
+    last, new = out / "last", out / "last.next"
+    if not (last / "state.pt").exists() and (new / "state.pt").exists():
+        shutil.rmtree(last, ignore_errors=True)
+        new.rename(last)
 
 
 def _schedule(total: int, warmup: int) -> Callable[[int], float]:
@@ -93,6 +102,7 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
     total = per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, max(1, round(cfg.warmup_fraction * total))))
     step, best = 0, {"val_loss": float("inf"), "epoch": -1}
+    _promote_complete_checkpoint(out)
     state = torch.load(out / "last" / "state.pt", weights_only=True) if (out / "last" / "state.pt").exists() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning("%s holds a run of other settings: starting afresh", out)
@@ -111,12 +121,17 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def checkpoint() -> None:
+        """last.next/ is complete once its state.pt exists (written last, atomically); then it
+        takes last/'s place by renames, so a kill at any moment leaves one complete checkpoint."""
         save_weights(model, out / "last.next")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "rng": torch.get_rng_state(), "best": json.dumps(best), "fingerprint": fingerprint},
-                   out / "last.next" / "state.pt")
-        shutil.rmtree(out / "last", ignore_errors=True)
+        with atomic_path(out / "last.next" / "state.pt") as tmp:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "rng": torch.get_rng_state(), "best": json.dumps(best), "fingerprint": fingerprint}, tmp)
+        shutil.rmtree(out / "last.old", ignore_errors=True)
+        if (out / "last").exists():
+            (out / "last").rename(out / "last.old")
         (out / "last.next").rename(out / "last")
+        shutil.rmtree(out / "last.old", ignore_errors=True)
 
     def batches(first: int):
         """The batches of steps first, first + 1, ...: each epoch in its seeded order."""
