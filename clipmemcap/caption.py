@@ -108,6 +108,9 @@ def open_video(source: str, cfg: Config) -> tuple[Path, float]:
         raise CaptionError(f"{source} is not a readable video: {err}") from None
 
 
+MAX_SEGMENTS = 100_000  # a 24-hour video in 1-second windows; --window 1e-6 asked for 10^7
+
+
 def plan_segments(duration: float, spans: list[str] | None, window: float | None) -> list[tuple[float, float]]:
     """``START-END`` strings (seconds), fixed windows of ``window`` s, or the whole video."""
     if spans:
@@ -123,8 +126,11 @@ def plan_segments(duration: float, spans: list[str] | None, window: float | None
             segments.append((start, min(end, duration)))
         return segments
     if window is not None:
-        if window <= 0:
-            raise CaptionError(f"--window must be positive, not {window}")
+        if not math.isfinite(window) or window <= 0:
+            raise CaptionError(f"--window must be a positive number of seconds, not {window}")
+        if duration / window > MAX_SEGMENTS:
+            raise CaptionError(f"--window {window} would cut the {duration:.0f} s video into more than "
+                               f"{MAX_SEGMENTS:,} segments")
         return [(k * window, min((k + 1) * window, duration)) for k in range(math.ceil(duration / window))]
     return [(0.0, duration)]
 

@@ -119,3 +119,17 @@ def test_an_id_is_matched_whole_before_it_becomes_a_file_name(hostile):
     result = normalise_file("train.json", {hostile: good, "v_abcdefghijk": good}, fps=5)
     assert list(result.videos) == ["v_abcdefghijk"]
     assert [f.key for f in result.failures] == [hostile] and "does not match" in result.failures[0].reason
+
+
+def test_huge_numbers_and_deep_nesting_are_errors_that_name_the_file_or_the_video():
+    """A huge JSON integer raised OverflowError and deep nesting RecursionError out of the whole
+    annotation load, with no file name."""
+    with pytest.raises(AnnotationError, match="val_1.json: unreadable JSON"):
+        parse_json("val_1.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AnnotationError, match="val_1.json: unreadable JSON"):
+        parse_json("val_1.json", '{"v_abcdefghijk": {"duration": ' + "9" * 5000 + "}}")
+    good = {"duration": 10.0, "timestamps": [[0.0, 5.0]], "sentences": ["a cat"]}
+    huge = {"duration": 10**400, "timestamps": [[0.0, 5.0]], "sentences": ["a cat"]}
+    result = normalise_file("train.json", {"v_hugenumber0": huge, "v_abcdefghijk": good}, fps=5)
+    assert list(result.videos) == ["v_abcdefghijk"]
+    assert result.failures[0].key == "v_hugenumber0" and "OverflowError" in result.failures[0].reason

@@ -94,6 +94,8 @@ def test_a_url_is_fetched_with_yt_dlp(setup, http_server, capsys):
     ("url-404", "could not download"),
     ("no-checkpoint", "no fine-tuned model under"),
     ("other-clip", "trained on frames of another CLIP"),
+    ("window-inf", "--window must be a positive number of seconds, not inf"),  # exited 0 with no output
+    ("window-tiny", "more than 100,000 segments"),  # planned 10^7 segments (2.2 GB)
 ])
 def test_bad_input_names_itself_and_exits_non_zero(setup, http_server, tmp_path, case, words):
     root, settings, run, video = setup
@@ -109,6 +111,10 @@ def test_bad_input_names_itself_and_exits_non_zero(setup, http_server, tmp_path,
         args += ["--segments", "5-2"]
     elif case == "malformed":
         args += ["--segments", "two-five"]
+    elif case == "window-inf":
+        args += ["--window", "inf"]
+    elif case == "window-tiny":
+        args += ["--window", "1e-6"]
     elif case == "url-404":
         args = [f"{http_server.url}/videos/missing.mp4"]
         settings = settings + [f"storage.work={tmp_path}", "activitynet.download.retries=0"]

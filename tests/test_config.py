@@ -99,3 +99,17 @@ def test_a_preset_naming_an_unknown_setting_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="clip.modle"):
         apply_preset(tmp_path / "params.yaml", tmp_path / "bad.yaml")
     assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize("override,name", [
+    ("activitynet.fps=.inf", "activitynet.fps"), ("finetune.train.lr=.nan", "finetune.train.lr"),
+    ("activitynet.download.rate_limit=lots", "rate_limit"), ("activitynet.download.rate_limit=-2M", "rate_limit"),
+    ('finetune.runs={"../x; rm -rf": {mapper: video-temporal}}', "run name"),
+    ('finetune.runs={"a b": {mapper: video-temporal}}', "run name"),
+])
+def test_numbers_are_finite_rate_limits_parse_and_run_names_are_safe(override, name):
+    """inf and NaN passed every bound, a malformed rate_limit silently meant no limit, and run
+    names reached DVC's shell commands and folder names unchecked."""
+    with pytest.raises(ValidationError, match=name):
+        load_config(ROOT / "params.yaml", [override])
+    assert load_config(ROOT / "params.yaml", ["activitynet.download.rate_limit=2.5M"]).activitynet.download.rate_limit == "2.5M"

@@ -248,3 +248,22 @@ def test_rerun_retries_only_what_failed(tmp_path, http_server, prefect_server, s
     assert second["counts"]["videos"]["train"] == first["counts"]["videos"]["train"] + 1
     failed = {r["video_id"] for r in pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()}
     assert "v_404notfound" not in failed
+
+
+def test_the_users_cookies_file_is_only_read(tmp_path, http_server, prefect_server, source):
+    """yt-dlp writes its cookie jar back on close: with the user's file shared by concurrent
+    downloads, cookies were lost and the file was seen empty. Each download now has a copy."""
+    from flows.activitynet import activitynet_ingest
+
+    serve(http_server, source)
+    cookies = tmp_path / "cookies.txt"
+    lines = ["# Netscape HTTP Cookie File", "# the user's own file"]
+    lines += [f"127.0.0.1\tFALSE\t/\tFALSE\t2145916800\tcookie{i}\tvalue{i}" for i in range(300)]
+    cookies.write_text("\n".join(lines) + "\n")
+    before = cookies.read_bytes()
+    storage = tmp_path / "storage"
+    manifest = activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=overrides(http_server, storage, source) + [
+        f"activitynet.download.cookies_file={cookies}"])
+    assert cookies.read_bytes() == before
+    assert manifest["counts"]["videos"]["train"] >= 5  # the downloads ran, with the cookies
+    assert not list((storage / "cache" / "activitynet" / "videos" / ".partial").glob("*cookies*"))  # copies removed

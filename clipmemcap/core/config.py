@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class Strict(BaseModel):
-    # A misspelt key in params.yaml or an override must fail, not be ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A misspelt key in params.yaml or an override must fail, not be ignored; so must inf and NaN,
+    # which pass every numeric bound (`activitynet.fps=.inf` crashed the run much later).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StorageConfig(Strict):
@@ -69,7 +71,8 @@ class DownloadConfig(Strict):
     retries: int = Field(3, ge=0, description="extra attempts after a transient failure")
     retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
     socket_timeout_s: float = Field(30.0, gt=0.0)
-    rate_limit: str | None = Field(None, description="e.g. '2M' bytes/s, passed to yt-dlp")
+    rate_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?[KMGkmg]?$",
+                                   description="bytes/s, e.g. '2M' or '500K', passed to yt-dlp")
     cookies_file: Path | None = None
     concurrency: int = Field(4, ge=1)
 
@@ -175,6 +178,15 @@ class FinetuneConfig(Strict):
     mapper_overrides: dict[str, Any] = Field(BENCHMARK_MAPPER, description="applied to every run, before the run's own")
     seeds: tuple[int, ...] = (0, 1, 2)
     train: TrainConfig = TrainConfig(batch_size=16, epochs=5)
+
+    @model_validator(mode="after")
+    def _run_names_are_safe(self) -> FinetuneConfig:
+        # Run names become folder names and DVC stage names (finetune@<run>-<seed>) in shell commands.
+        for name in self.runs:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+                raise ValueError(f"finetune.runs: run name {name!r} must be letters, digits, '_' and '-' "
+                                 "(it becomes a folder and a DVC stage name)")
+        return self
 
     def run(self, name: str, seed: int) -> tuple[str, dict[str, Any], TrainConfig]:
         """Mapper config name, its overrides and the training settings of one run and seed."""

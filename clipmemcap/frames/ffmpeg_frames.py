@@ -70,7 +70,7 @@ def decode_range(
     Raises DecodeError if ffmpeg fails or the video ends before the last requested frame."""
     start = frames.start / fps
     lead = 1 if frames.start > 0 else 0
-    source = ffmpeg.input(str(path), ss=f"{(frames.start - lead) / fps:.6f}", threads=threads)
+    source = ffmpeg.input(f"file:{path}", ss=f"{(frames.start - lead) / fps:.6f}", threads=threads)
     process = (
         _clip_resize(source.filter("fps", fps=fps, round="up"), size)
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", frames=len(frames) + lead)

@@ -113,7 +113,7 @@ def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
             if len(timestamps) != len(sentences):
                 raise ValueError(f"{len(timestamps)} timestamps but {len(sentences)} sentences")
             pairs = [(_number(s), _number(e), str(text)) for (s, e), text in zip(timestamps, sentences)]
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:  # Overflow: an integer beyond float
             reject(f"malformed entry ({type(err).__name__}: {err})")
             continue
         if duration <= 0:

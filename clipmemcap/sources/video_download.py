@@ -24,9 +24,10 @@ def probe_video(path: Path) -> float:
     if path.stat().st_size == 0:
         raise PermanentDownloadError("file is empty (0 bytes)")
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(f"file:{path}")  # "file:": a name starting with "-" is a file, not an option
     except ffmpeg.Error as err:
-        lines = err.stderr.decode(errors="replace").replace(str(path), path.name).strip().splitlines()
+        lines = err.stderr.decode(errors="replace").replace(f"file:{path}", path.name).replace(str(path), path.name)
+        lines = lines.strip().splitlines()
         raise PermanentDownloadError(f"unreadable by ffprobe: {lines[-1] if lines else err}")
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not streams:
@@ -43,7 +44,7 @@ def find_video(videos_dir: Path, video_id: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def _ydl_options(cfg: DownloadConfig, out_dir: Path, video_id: str) -> dict:
+def _ydl_options(cfg: DownloadConfig, out_dir: Path, video_id: str, cookies: Path | None = None) -> dict:
     options = {
         "format": cfg.format,
         "outtmpl": str(out_dir / f"{video_id}.%(ext)s"),
@@ -62,8 +63,8 @@ def _ydl_options(cfg: DownloadConfig, out_dir: Path, video_id: str) -> dict:
     }
     if cfg.rate_limit:
         options["ratelimit"] = yt_dlp.utils.parse_bytes(cfg.rate_limit)
-    if cfg.cookies_file:
-        options["cookiefile"] = str(cfg.cookies_file)
+    if cookies:
+        options["cookiefile"] = str(cookies)
     return options
 
 
@@ -86,7 +87,10 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
         except PermanentDownloadError:
             existing.unlink()
     partial = videos_dir / ".partial" / video_id
-    options = _ydl_options(cfg, partial, video_id)
+    # yt-dlp writes its cookie jar back when it closes: concurrent downloads sharing the user's
+    # file lose cookies or leave it empty. Each download gets its own copy; the user's is only read.
+    cookies = videos_dir / ".partial" / f"{video_id}.cookies.txt"
+    options = _ydl_options(cfg, partial, video_id, cookies if cfg.cookies_file else None)
     if is_local(url):  # a local file goes through yt-dlp too, as a file:// URL
         if not Path(url).is_file():
             raise PermanentDownloadError(f"{url} does not exist")
@@ -94,6 +98,8 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
+        if cfg.cookies_file:
+            shutil.copyfile(cfg.cookies_file, cookies)
         try:
             with yt_dlp.YoutubeDL(options) as ydl:
                 ydl.download([url])
@@ -111,3 +117,4 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
         return final
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        cookies.unlink(missing_ok=True)
