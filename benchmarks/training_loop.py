@@ -14,6 +14,7 @@ Target (issue 5): loop >= 0.9 x raw samples/s (data loading is never the bottlen
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -27,7 +28,8 @@ from clipmemcap.training.datasets import ActivityNetClips, collate, epoch_order
 from clipmemcap.core.config import TrainConfig
 from clipmemcap.model.mappers import MapperConfig, build_mapper
 from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
-from clipmemcap.core.shards import write_frame_shard, write_segments
+from clipmemcap.core.layout import ActivityNetPaths
+from clipmemcap.core.shards import file_digests, write_frame_shard, write_segments
 from clipmemcap.training.loop import CaptionModel, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,6 +51,8 @@ def make_dataset(folder: Path, videos: int, seed: int = 0) -> None:
             rows.append({"video_id": video_id, "segment": s, "start": start, "end": start + float(rng.uniform(5, 30)),
                          "caption": "a person does something and then something else", "split": "train"})
     write_segments(folder / "segments" / "train.parquet", rows)
+    files = [p.relative_to(folder) for p in folder.rglob("*.parquet")]
+    (folder / "manifest.json").write_text(json.dumps({"files": file_digests(folder, files)}))
 
 
 def model() -> CaptionModel:
@@ -68,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "activitynet"
         make_dataset(data_dir, args.videos)
-        data = ActivityNetClips(data_dir, "train")
+        data = ActivityNetClips(ActivityNetPaths(data_dir, Path(tmp) / "cache"), "train")
         steps = min(args.steps, len(data) // args.batch)
         cfg = TrainConfig(lr=1e-4, batch_size=args.batch, epochs=1, checkpoint_every=10**6, device="cpu")
 

@@ -103,7 +103,7 @@ def open_video(source: str, cfg: Config) -> tuple[Path, float]:
         except DownloadError as err:
             raise CaptionError(f"could not download {source}: {err}") from None
     try:
-        return path, probe_video(path)
+        return path, probe_video(path, cfg.activitynet.download)
     except PermanentDownloadError as err:
         raise CaptionError(f"{source} is not a readable video: {err}") from None
 

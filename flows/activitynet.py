@@ -30,6 +30,7 @@ from tqdm import tqdm
 from clipmemcap.core.config import ClipConfig, Config, DownloadConfig, load_config
 from clipmemcap.core.failures import Failure
 from clipmemcap.core.layout import Layout
+from clipmemcap.core.shards import readable_frame_shard
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir, save_frames
 from clipmemcap.sources.activitynet import Video, download_annotations, load_annotations, write_activitynet_tables
@@ -92,13 +93,13 @@ def _process(videos: list[Video], runner: TaskRunner, encoder: ClipEncoder, cfg:
     net = cfg.activitynet
     urls = [net.video_url_template.format(youtube_id=v.youtube_id) for v in videos]
     if cfg.dask.address:
-        futures = [runner.submit(with_retries(ingest_video, net.download), {
+        futures = [runner.submit(with_retries(ingest_video, net.download, net.download.deadline_s), {
             "video": v, "url": url, "download_cfg": net.download, "clip": cfg.clip, "fps": net.fps,
             "ffmpeg_threads": cfg.decode.ffmpeg_threads}) for v, url in zip(videos, urls)]
         yield from _outcomes(futures, videos)
         return
     videos_dir = Layout.of(cfg).activitynet.videos
-    futures = [runner.submit(with_retries(download, net.download), {
+    futures = [runner.submit(with_retries(download, net.download, net.download.deadline_s), {
         "video": v, "url": url, "videos_dir": videos_dir, "cfg": net.download, "fps": net.fps})
         for v, url in zip(videos, urls)]
     yield from embed_videos(_outcomes(futures, videos), encoder, net.fps, cfg.decode.workers, cfg.decode.ffmpeg_threads)
@@ -112,7 +113,8 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
     net, paths = cfg.activitynet, Layout.of(cfg).activitynet
     paths.cache.mkdir(parents=True, exist_ok=True)
     with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
-        files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations), net.fps)
+        files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations), net.fps,
+                                 net.max_annotation_mb, net.max_segments_per_video, net.download.max_duration_s)
         failures = [f for afile in files.values() for f in afile.failures]
         for afile in files.values():
             logger.info("%s: %d videos, %d of %d segments valid, %d rejections", afile.name,
@@ -144,7 +146,8 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
                     progress.update()
                     update_progress_artifact(artifact, 100.0 * (1 - stream.missing() / total))
 
-                failures += fill(stream, lambda video: paths.frame_shard(video.video_id).exists(), process, accepted)
+                failures += fill(stream, lambda video: readable_frame_shard(
+                    paths.frame_shard(video.video_id), video.video_id, video.frame_count(net.fps)), process, accepted)
                 progress.close()
 
         chosen = {split: videos for stream in streams for split, videos in stream.chosen.items()}

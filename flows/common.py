@@ -11,9 +11,11 @@ from prefect import Task
 from clipmemcap.core.config import DownloadConfig, ImageDownloadConfig, settings_parser
 
 
-def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig) -> Task:
-    """``task`` retried ``cfg.retries`` times with doubling back-off: first delay, 2 x, 4 x, ..."""
-    return task.with_options(retries=cfg.retries,
+def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig, deadline_s: float | None = None) -> Task:
+    """``task`` retried ``cfg.retries`` times with doubling back-off (first delay, 2 x, 4 x, ...,
+    each with random jitter, so that concurrent downloads do not retry in lockstep), each try
+    ended after ``deadline_s``: a server that sends a byte a second never trips a socket timeout."""
+    return task.with_options(retries=cfg.retries, retry_jitter_factor=0.5, timeout_seconds=deadline_s,
                              retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(cfg.retries)])
 
 

@@ -74,10 +74,11 @@ def prefect_server():
 class FaultyServer:
     """Static files on 127.0.0.1 plus scripted misbehaviour per URL path:
     ``status`` (always that HTTP status), ``fail_first`` (N requests answered 500, then the file),
-    ``stall`` (accept and never answer). ``hits`` counts requests per path."""
+    ``stall`` (accept and never answer), ``drip`` (answer 200 with a large Content-Length, then one
+    byte every half second: no socket timeout ever fires). ``hits`` counts requests per path."""
 
     def __init__(self, root: Path):
-        self.root, self.status, self.fail_first, self.stall = root, {}, {}, set()
+        self.root, self.status, self.fail_first, self.stall, self.drip = root, {}, {}, set(), set()
         self.hits: Counter = Counter()
         self.closing = threading.Event()
         server = self
@@ -100,6 +101,20 @@ class FaultyServer:
                     return
                 if path in server.status:
                     return self.send_error(server.status[path])
+                if path in server.drip:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "video/mp4")
+                    self.send_header("Content-Length", str(10**8))
+                    self.end_headers()
+                    for _ in range(240):  # bounded: two minutes at most
+                        if server.closing.wait(0.5):
+                            return
+                        try:
+                            self.wfile.write(b"\0")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
                 if server.fail_first.get(path, 0) >= server.hits[path]:
                     return self.send_error(500)
                 return super().do_GET()

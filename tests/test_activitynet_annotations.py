@@ -133,3 +133,27 @@ def test_huge_numbers_and_deep_nesting_are_errors_that_name_the_file_or_the_vide
     result = normalise_file("train.json", {"v_hugenumber0": huge, "v_abcdefghijk": good}, fps=5)
     assert list(result.videos) == ["v_abcdefghijk"]
     assert result.failures[0].key == "v_hugenumber0" and "OverflowError" in result.failures[0].reason
+
+
+def test_bounds_on_annotation_files(tmp_path):
+    """A 0.4 MB zip holding 400 MB of JSON, a video of 10^6 segments and a duration of 1e9 s were
+    all accepted."""
+    import zipfile
+
+    bomb = tmp_path / "captions.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train.json", "{" + " " * 30_000_000 + "}")
+        archive.writestr("val_1.json", "{}")
+        archive.writestr("val_2.json", "{}")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(AnnotationError, match="train.json is 30 MB uncompressed, more than activitynet.max_annotation_mb"):
+        load_annotations(bomb, fps=5, max_mb=10)
+    many = {"duration": 100.0, "timestamps": [[0.0, 1.0]] * 2000, "sentences": ["a"] * 2000}
+    long = {"duration": 1e9, "timestamps": [[0.0, 5.0]], "sentences": ["a cat"]}
+    good = {"duration": 10.0, "timestamps": [[0.0, 5.0]], "sentences": ["a cat"]}
+    result = normalise_file("train.json", {"v_manysegment": many, "v_verylongvid": long, "v_abcdefghijk": good},
+                            fps=5, max_segments=1000, max_duration_s=14400)
+    assert list(result.videos) == ["v_abcdefghijk"]
+    reasons = {f.key: f.reason for f in result.failures}
+    assert "2000 segments, more than activitynet.max_segments_per_video (1000)" in reasons["v_manysegment"]
+    assert "more than activitynet.download.max_duration_s (14400)" in reasons["v_verylongvid"]

@@ -8,8 +8,14 @@ import pytest
 from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, Sample, collate, epoch_order, frame_statistics
 from clipmemcap.core.layout import ActivityNetPaths, CocoPaths
 from clipmemcap.model.prefix_lm import load_tokenizer
-from clipmemcap.core.shards import write_captions, write_frame_shard, write_image_shard, write_segments
+from clipmemcap.core.shards import file_digests, write_captions, write_frame_shard, write_image_shard, write_segments
 from conftest import TOKENIZER
+
+
+def write_manifest(root, **fields):
+    """As the flows write it: last, with the digest of every file."""
+    files = [p.relative_to(root) for p in root.rglob("*.parquet")]
+    (root / "manifest.json").write_text(json.dumps({**fields, "files": file_digests(root, files)}))
 
 
 def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
@@ -19,6 +25,7 @@ def test_activitynet_clip_is_its_segment_slice_of_the_video(tmp_path):
     write_segments(tmp_path / "segments" / "train.parquet", [
         {"video_id": "v_aaaaaaaaaaa", "segment": 0, "start": 1.0, "end": 3.3, "caption": "a", "split": "train"},
         {"video_id": "v_aaaaaaaaaaa", "segment": 1, "start": 2.1, "end": 24.0, "caption": "b", "split": "train"}])
+    write_manifest(tmp_path)
     clips = ActivityNetClips(ActivityNetPaths(tmp_path, tmp_path / "cache"), "train")
     first, second = clips[0], clips[1]
     assert first.key == ("v_aaaaaaaaaaa", 0) and len(first.frames) == 12  # t = 1.0 ... 3.2
@@ -37,7 +44,7 @@ def test_coco_sample_is_a_one_frame_clip_per_caption(tmp_path):
     write_captions(tmp_path / "captions.parquet", [
         {"image_id": 12_007, "caption": "x", "split": "train"}, {"image_id": 3, "caption": "y", "split": "test"},
         {"image_id": 15, "caption": "z", "split": "restval"}, {"image_id": 12_007, "caption": "w", "split": "train"}])
-    (tmp_path / "manifest.json").write_text(json.dumps({"shard_span": 10_000}))
+    write_manifest(tmp_path, shard_span=10_000)
     data = CocoCaptions(CocoPaths(tmp_path, tmp_path / "cache"), ("train", "restval"))
     assert len(data) == 3 and [data[i].caption for i in range(3)] == ["x", "z", "w"]
     np.testing.assert_allclose(data[0].frames[0], embeddings[1], atol=1e-2)  # stored as float16
@@ -77,3 +84,27 @@ def test_frame_statistics_whiten_strong_directions_and_damp_noise():
     covariance = np.cov(white.T)
     assert np.allclose(covariance[:3, :3], np.eye(3), atol=0.02)  # every signal direction at unit variance
     assert covariance[3, 3] < 1e-3  # the noise direction is not blown up to unit variance
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_or_missing_shard_is_named_before_training_reads_it(tmp_path, damage):
+    """A truncated or bit-flipped shard, or one deleted under a complete manifest, surfaced only
+    mid-training (or never: 792 of 1,868 single-byte flips gave other embeddings silently)."""
+    times = np.arange(60, dtype=np.float32) / np.float32(5)
+    for video in ("v_aaaaaaaaaaa", "v_bbbbbbbbbbb"):
+        write_frame_shard(tmp_path / "frames" / f"{video}.parquet", video, times, np.ones((60, 8), np.float32), "float16")
+    write_segments(tmp_path / "segments" / "train.parquet", [
+        {"video_id": v, "segment": 0, "start": 0.0, "end": 5.0, "caption": "a", "split": "train"}
+        for v in ("v_aaaaaaaaaaa", "v_bbbbbbbbbbb")])
+    write_manifest(tmp_path)
+    shard = tmp_path / "frames" / "v_bbbbbbbbbbb.parquet"
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[len(data) // 3] ^= 0x01
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        shard.unlink()
+    with pytest.raises(ValueError, match="v_bbbbbbbbbbb.parquet .*rebuild the dataset \\(dvc repro activitynet\\)"):
+        ActivityNetClips(ActivityNetPaths(tmp_path, tmp_path / "cache"), "train")

@@ -50,3 +50,22 @@ def test_garbage_is_a_decode_error(tmp_path):
     path.write_bytes(b"\x00\x01junk" * 1000)
     with pytest.raises(DecodeError, match="junk.mp4"):
         list(decode_range(path, range(0, 5), 5, 224))
+
+
+def test_a_video_beyond_its_bounds_is_refused_before_decoding(tmp_path):
+    """Frame size and duration are read by ffprobe and checked before any frame is decoded (a
+    16000x16000 or a 10-hour video was accepted); the file is passed as file:, so a name that
+    starts with '-' is a file, not an option (`-report` made ffprobe write a log)."""
+    from clipmemcap.core.config import DownloadConfig
+    from clipmemcap.sources.http import PermanentDownloadError
+    from clipmemcap.sources.video_download import probe_video
+    from clipmemcap.sources.synthetic import write_video
+
+    path = tmp_path / "-report.mp4"
+    write_video(path, 3.0, 320, 240)
+    assert probe_video(path, DownloadConfig()) == pytest.approx(3.0, abs=0.1)
+    assert not list(tmp_path.glob("ffprobe-*.log"))
+    with pytest.raises(PermanentDownloadError, match="frames of 320x240 are more than max_pixels"):
+        probe_video(path, DownloadConfig(max_pixels=320 * 239))
+    with pytest.raises(PermanentDownloadError, match="longer than max_duration_s"):
+        probe_video(path, DownloadConfig(max_duration_s=2.0))

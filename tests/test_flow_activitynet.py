@@ -267,3 +267,51 @@ def test_the_users_cookies_file_is_only_read(tmp_path, http_server, prefect_serv
     assert cookies.read_bytes() == before
     assert manifest["counts"]["videos"]["train"] >= 5  # the downloads ran, with the cookies
     assert not list((storage / "cache" / "activitynet" / "videos" / ".partial").glob("*cookies*"))  # copies removed
+
+
+def test_damaged_shards_are_rebuilt_and_the_manifest_holds_every_digest(tmp_path, http_server, prefect_server, source):
+    """Resume asked only whether a shard existed: a truncated, a zeroed and a bit-flipped shard
+    were kept and the manifest rewritten as complete."""
+    from flows.activitynet import activitynet_ingest
+
+    from clipmemcap.core.shards import digest
+
+    serve(http_server, source)
+    storage, settings = tmp_path / "storage", overrides(http_server, tmp_path / "storage", source)
+    activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=settings)
+    frames = storage / "activitynet" / "frames"
+    shards = sorted(frames.glob("*.parquet"))
+    original = {p: p.read_bytes() for p in shards}
+    truncated, zeroed, flipped = shards[:3]
+    truncated.write_bytes(original[truncated][: len(original[truncated]) // 2])
+    zeroed.write_bytes(bytes(len(original[zeroed])))
+    damaged = bytearray(original[flipped])
+    damaged[len(damaged) // 2] ^= 0x10  # inside a data page: only the page checksum notices
+    flipped.write_bytes(bytes(damaged))
+
+    manifest = activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=settings)
+    for path in shards:
+        assert path.read_bytes() == original[path], path.name  # rebuilt, byte for byte
+    out = storage / "activitynet"
+    assert manifest["files"] and all(digest(out / name) == value for name, value in manifest["files"].items())
+    assert {f"frames/{p.name}" for p in shards} <= manifest["files"].keys()
+
+
+def test_a_dripping_server_is_cut_off_at_the_download_deadline(tmp_path, http_server, prefect_server, source):
+    """A server sending one byte every half second kept the downloaders busy past 10x their
+    socket timeout: every download now has a deadline (a Prefect task timeout)."""
+    import time
+
+    from flows.activitynet import activitynet_ingest
+
+    serve(http_server, source)
+    dripping = sorted(p.stem for p in (http_server.root / "videos").glob("*.mp4") if p.stem not in FAULTS)[0]
+    http_server.drip.add(f"/videos/{dripping}.mp4")
+    storage = tmp_path / "storage"
+    started = time.monotonic()
+    activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=overrides(http_server, storage, source) + [
+        "activitynet.download.deadline_s=4", "activitynet.download.socket_timeout_s=2"])
+    assert time.monotonic() - started < 100  # with retries: 2 tries of 4 s, not the drip's two minutes
+    failures = {r["video_id"]: r for r in pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()}
+    assert dripping in failures and failures[dripping]["stage"] == "download"
+    assert "gave up after retries" in failures[dripping]["reason"]

@@ -203,3 +203,29 @@ def test_hostile_image_paths_touch_nothing_outside_storage(tmp_path, http_server
         assert recorded[image_id]["stage"] == "annotations"
         assert "not a relative path inside the COCO root" in recorded[image_id]["reason"]
     assert not any("victims" in path for path in http_server.hits)  # nothing was fetched for them either
+
+
+def test_a_damaged_shard_is_rebuilt_not_a_crash(tmp_path, http_server, prefect_server):
+    """A zeroed or bit-flipped COCO shard crashed the flow on resume."""
+    from flows.coco import coco_ingest
+
+    from clipmemcap.core.shards import digest
+
+    src = make_coco_source(tmp_path / "src", n_images=6, fmt="karpathy", seed=7)
+    shutil.copytree(src.images_root, http_server.root / "images")
+    shutil.copy(src.captions_path, http_server.root / "caption_datasets.zip")
+    storage = tmp_path / "storage"
+    run = settings(http_server.url, storage, shard_span=2)
+    coco_ingest(params=str(ROOT / "params.yaml"), overrides=run)
+    shards = sorted((storage / "coco" / "images").glob("shard-*.parquet"))
+    original = {p: p.read_bytes() for p in shards}
+    zeroed, flipped = shards[:2]
+    zeroed.write_bytes(bytes(len(original[zeroed])))
+    damaged = bytearray(original[flipped])
+    damaged[len(damaged) // 2] ^= 0x10
+    flipped.write_bytes(bytes(damaged))
+    manifest = coco_ingest(params=str(ROOT / "params.yaml"), overrides=run)
+    assert all(p.read_bytes() == original[p] for p in shards)
+    out = storage / "coco"
+    assert {f"images/{p.name}" for p in shards} <= manifest["files"].keys()
+    assert all(digest(out / name) == value for name, value in manifest["files"].items())

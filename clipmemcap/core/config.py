@@ -75,6 +75,11 @@ class DownloadConfig(Strict):
                                    description="bytes/s, e.g. '2M' or '500K', passed to yt-dlp")
     cookies_file: Path | None = None
     concurrency: int = Field(4, ge=1)
+    # Bounds on what a server may make us fetch and decode (inputs from the internet are hostile).
+    deadline_s: float = Field(3600.0, gt=0.0, description="one download's deadline, however slowly data comes")
+    max_filesize_mb: float = Field(4000.0, gt=0.0, description="a larger video is not downloaded")
+    max_duration_s: float = Field(14400.0, gt=0.0, description="longer videos (and annotated durations) are refused")
+    max_pixels: int = Field(3840 * 2160, ge=1, description="frame width x height; larger videos are refused")
 
 
 class ActivityNetConfig(Strict):
@@ -82,6 +87,8 @@ class ActivityNetConfig(Strict):
     video_url_template: str = "storage/benchmark/videos/v_{youtube_id}.mp4"
     fps: float = Field(5.0, gt=0.0)
     keep_videos: bool = False
+    max_annotation_mb: float = Field(200.0, gt=0.0, description="uncompressed size of each annotation file")
+    max_segments_per_video: int = Field(1000, ge=1)
     subset: SubsetConfig = SubsetConfig()
     download: DownloadConfig = DownloadConfig()
 

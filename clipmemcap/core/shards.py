@@ -13,12 +13,15 @@ COCO (``<out>`` = ``storage/coco``):
     <out>/failures.parquet            image_id, stage, reason: string
     <out>/manifest.json
 
-All files are zstd-compressed Parquet written atomically (see :mod:`clipmemcap.core.atomic`), readable
-with plain pyarrow, pandas or duckdb (``read_parquet('<out>/frames/*.parquet')``).
+All files are zstd-compressed Parquet written atomically (see :mod:`clipmemcap.core.atomic`), with
+page checksums (CRC32) that every reader here verifies, readable with plain pyarrow, pandas or
+duckdb (``read_parquet('<out>/frames/*.parquet')``). The manifest holds each file's SHA-256
+(:func:`digest`); the training readers check them (:func:`verify_digests`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +78,8 @@ def write_table(table: pa.Table, path: Path, row_group_size: int | None = None) 
     # Dictionary encoding only for strings: on float embeddings it made reading 4x slower.
     strings = [field.name for field in table.schema if pa.types.is_string(field.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=strings, row_group_size=row_group_size)
+        pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=strings, row_group_size=row_group_size,
+                       write_page_checksum=True)
 
 
 def write_frame_shard(path: Path, video_id: str, times: np.ndarray, embeddings: np.ndarray, dtype: str) -> None:
@@ -99,10 +103,10 @@ def write_image_shard(path: Path, image_ids: np.ndarray, embeddings: np.ndarray,
 def read_image_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(image ids [n] int64, embeddings [n, D] float32)."""
     if on_local_disk(path):
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     else:
         with path.open("rb") as handle:  # an object in the store (the flow resuming a shard)
-            table = pq.read_table(handle)
+            table = pq.read_table(handle, page_checksum_verification=True)
     return table.column("image_id").to_numpy(), _embeddings(table)
 
 
@@ -124,7 +128,7 @@ def write_failures(path: Path, failures: list[Failure], key: str = "video_id") -
 def read_frames(path: Path, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(times [n] float32, embeddings [n, D] float32) of a frame shard: every frame, or those
     with ``start <= t < end`` (reading only the row groups that can hold them)."""
-    shard = pq.ParquetFile(path)
+    shard = pq.ParquetFile(path, page_checksum_verification=True)
     if start is None:
         table = shard.read(use_threads=False)
     else:
@@ -138,3 +142,39 @@ def read_frames(path: Path, start: float | None = None, end: float | None = None
         times = table.column("t").to_numpy()
         table = table.filter(pa.array((times >= np.float32(start)) & (times < np.float32(end))))
     return table.column("t").to_numpy(), _embeddings(table)
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (local or in an object store)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def readable_frame_shard(path: Path, video_id: str, frames: int) -> bool:
+    """Whether ``path`` is a complete, undamaged shard of ``video_id`` with ``frames`` frames:
+    it parses, every page matches its checksum, and it holds that video's frames. A truncated,
+    zeroed or bit-flipped file is not (the flow then embeds the video again)."""
+    try:
+        with path.open("rb") as handle:
+            table = pq.read_table(handle, page_checksum_verification=True)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    ids = table.column("video_id").unique().to_pylist() if "video_id" in table.column_names else []
+    return ids == [video_id] and table.num_rows == frames
+
+
+def file_digests(root: Path, relatives) -> dict[str, str]:
+    """``{path relative to root: SHA-256}``, for a manifest."""
+    return {str(relative): digest(root / relative) for relative in sorted(map(str, relatives))}
+
+
+def verify_digests(root: Path, digests: dict[str, str], what: str) -> None:
+    """Every file named in ``digests`` (paths relative to ``root``, from a manifest) exists with
+    that SHA-256; otherwise a ValueError names the file and how to rebuild it."""
+    for relative, expected in digests.items():
+        path = root / relative
+        if not path.exists():
+            raise ValueError(f"{path} is missing, though {root / 'manifest.json'} lists it: rebuild the dataset "
+                             f"({what})")
+        if digest(path) != expected:
+            raise ValueError(f"{path} does not match the digest in {root / 'manifest.json'} (damaged or changed "
+                             f"since it was written): rebuild the dataset ({what})")

@@ -21,7 +21,7 @@ from clipmemcap.sources.http import fetch_file, is_local
 from clipmemcap.core.grid import grid_range, merge_ranges
 from clipmemcap.core.layout import MANIFEST, ActivityNetPaths
 from clipmemcap.core.jsonio import AnnotationError, parse_json
-from clipmemcap.core.shards import SCHEMA_VERSION, write_failures, write_segments
+from clipmemcap.core.shards import SCHEMA_VERSION, file_digests, write_failures, write_segments
 
 ANNOTATION_FILES = ("train.json", "val_1.json", "val_2.json")
 VIDEO_ID = re.compile(r"v_[A-Za-z0-9_-]{11}")  # matched whole: `$` alone would accept a trailing newline
@@ -46,6 +46,9 @@ class Video:
     @property
     def youtube_id(self) -> str:
         return self.video_id[2:]
+
+    def frame_count(self, fps: float) -> int:
+        return sum(len(r) for r in self.frame_ranges(fps))
 
     def frame_ranges(self, fps: float) -> list[range]:
         """Merged grid ranges of all segments: each grid frame once, one seek per range."""
@@ -76,8 +79,9 @@ def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     return dest
 
 
-def read_zip(path: Path) -> dict[str, bytes]:
-    """The three annotation files from the zip, found by base name (the zip may nest them)."""
+def read_zip(path: Path, max_mb: float = math.inf) -> dict[str, bytes]:
+    """The three annotation files from the zip, found by base name (the zip may nest them); a
+    member larger than ``max_mb`` uncompressed is refused before it is read."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
@@ -87,6 +91,11 @@ def read_zip(path: Path) -> dict[str, bytes]:
         missing = [name for name in ANNOTATION_FILES if name not in members]
         if missing:
             raise AnnotationError(f"{path}: missing {', '.join(missing)}")
+        for name in ANNOTATION_FILES:
+            size = archive.getinfo(members[name]).file_size
+            if size > max_mb * 1e6:
+                raise AnnotationError(f"{path}: {name} is {size / 1e6:.0f} MB uncompressed, more than "
+                                      f"activitynet.max_annotation_mb ({max_mb:g})")
         return {name: archive.read(members[name]) for name in ANNOTATION_FILES}
 
 
@@ -96,7 +105,8 @@ def _number(value) -> float:
     return float(value)
 
 
-def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
+def normalise_file(name: str, data: dict, fps: float, max_segments: int = 1000,
+                   max_duration_s: float = math.inf) -> AnnotationFile:
     """Validate one parsed file; see the module docstring for the rules."""
     result = AnnotationFile(name)
     for video_id, entry in data.items():
@@ -118,6 +128,12 @@ def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
             continue
         if duration <= 0:
             reject(f"duration {duration} is not positive")
+            continue
+        if duration > max_duration_s:
+            reject(f"duration {duration:g} s is more than activitynet.download.max_duration_s ({max_duration_s:g})")
+            continue
+        if len(pairs) > max_segments:
+            reject(f"{len(pairs)} segments, more than activitynet.max_segments_per_video ({max_segments})")
             continue
         result.raw_segments += len(pairs)
         kept = []
@@ -146,12 +162,13 @@ def normalise_file(name: str, data: dict, fps: float) -> AnnotationFile:
     return result
 
 
-def load_annotations(zip_path: Path, fps: float) -> dict[str, AnnotationFile]:
-    """Parse and normalise all three files. A video listed in both train and val_1 (which would
-    leak test data into training) is removed from both and recorded."""
+def load_annotations(zip_path: Path, fps: float, max_mb: float = math.inf, max_segments: int = 1000,
+                     max_duration_s: float = math.inf) -> dict[str, AnnotationFile]:
+    """Parse and normalise all three files, within the given bounds. A video listed in both train
+    and val_1 (which would leak test data into training) is removed from both and recorded."""
     files = {
-        name: normalise_file(name, parse_json(name, payload), fps)
-        for name, payload in read_zip(zip_path).items()
+        name: normalise_file(name, parse_json(name, payload), fps, max_segments, max_duration_s)
+        for name, payload in read_zip(zip_path, max_mb).items()
     }
     train, test = files["train.json"], files["val_1.json"]
     for video_id in sorted(train.videos.keys() & test.videos.keys()):
@@ -181,9 +198,12 @@ def write_activitynet_tables(paths: ActivityNetPaths, chosen: dict[str, list[Vid
         write_segments(paths.segments_table(split), rows)
         segment_counts[split] = len(rows)
     write_failures(paths.failures, failures)
-    frames = sum(len(r) for videos in chosen.values() for v in videos for r in v.frame_ranges(fps))
+    frames = sum(v.frame_count(fps) for videos in chosen.values() for v in videos)
+    files = [paths.frame_shard(video_id).relative_to(paths.out) for video_id in sorted(keep)]
+    files += [paths.segments_table(split).relative_to(paths.out) for split in chosen] + ["failures.parquet"]
     manifest = {**manifest, "schema_version": SCHEMA_VERSION,
                 "counts": {"videos": {s: len(v) for s, v in chosen.items()},
-                           "segments": segment_counts, "frames": frames, "failures": len(failures)}}
+                           "segments": segment_counts, "frames": frames, "failures": len(failures)},
+                "files": file_digests(paths.out, files)}
     write_json(paths.out / MANIFEST, manifest)
     return manifest

@@ -16,20 +16,24 @@ returned as a Failure with its reason.
 
 from __future__ import annotations
 
+import logging
 import random
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pyarrow as pa
 
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.failures import Failure
 from clipmemcap.core.layout import MANIFEST, CocoPaths
 from clipmemcap.core.jsonio import AnnotationError, parse_json
-from clipmemcap.core.shards import SCHEMA_VERSION, read_image_shard, write_captions, write_failures, write_image_shard
+from clipmemcap.core.shards import (SCHEMA_VERSION, file_digests, read_image_shard, write_captions, write_failures,
+                                    write_image_shard)
 
 STAGE = "annotations"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,9 +164,16 @@ class ImageShard:
 
     @classmethod
     def open(cls, path: Path, images: list[CocoImage], dim: int) -> ImageShard:
+        """A shard that is missing, or damaged (truncated, zeroed, a page failing its checksum),
+        starts empty: its images are embedded again."""
+        empty = cls(path, images, np.zeros(0, np.int64), np.zeros((0, dim), np.float32), False)
         if not path.exists():
-            return cls(path, images, np.zeros(0, np.int64), np.zeros((0, dim), np.float32), False)
-        ids, embeddings = read_image_shard(path)
+            return empty
+        try:
+            ids, embeddings = read_image_shard(path)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            log.warning("rebuilding %s: unreadable (%s)", path, err)
+            return empty
         keep = np.isin(ids, [image.image_id for image in images])
         return cls(path, images, ids[keep], embeddings[keep], bool(keep.all()))
 
@@ -190,8 +201,10 @@ def write_coco_tables(paths: CocoPaths, chosen: list[CocoImage], embedded: set[i
     for image in chosen:
         if image.image_id in embedded:
             splits[image.split] = splits.get(image.split, 0) + 1
+    shards = sorted(path.relative_to(paths.out) for path in paths.images.glob("shard-*.parquet"))
     manifest = {**manifest, "schema_version": SCHEMA_VERSION,
                 "counts": {"images": len(embedded), "images_per_split": splits, "captions": len(rows),
-                           "failures": len(failures)}}
+                           "failures": len(failures)},
+                "files": file_digests(paths.out, [*shards, "captions.parquet", "failures.parquet"])}
     write_json(paths.out / MANIFEST, manifest)
     return manifest

@@ -18,9 +18,10 @@ import yt_dlp
 from clipmemcap.core.config import DownloadConfig
 from clipmemcap.sources.http import PermanentDownloadError, classify, is_local
 
-def probe_video(path: Path) -> float:
+def probe_video(path: Path, cfg: DownloadConfig | None = None) -> float:
     """Duration in seconds of the first video stream; raises PermanentDownloadError when the file
-    is empty, unreadable, or has no video stream."""
+    is empty, unreadable, has no video stream, or (with ``cfg``) is longer or has larger frames
+    than its bounds allow: checked before anything is decoded."""
     if path.stat().st_size == 0:
         raise PermanentDownloadError("file is empty (0 bytes)")
     try:
@@ -35,6 +36,11 @@ def probe_video(path: Path) -> float:
     duration = streams[0].get("duration") or info.get("format", {}).get("duration")
     if duration is None or float(duration) <= 0:
         raise PermanentDownloadError("video stream has no duration")
+    width, height = int(streams[0].get("width") or 0), int(streams[0].get("height") or 0)
+    if cfg is not None and width * height > cfg.max_pixels:
+        raise PermanentDownloadError(f"frames of {width}x{height} are more than max_pixels ({cfg.max_pixels})")
+    if cfg is not None and float(duration) > cfg.max_duration_s:
+        raise PermanentDownloadError(f"{float(duration):.0f} s is longer than max_duration_s ({cfg.max_duration_s:g})")
     return float(duration)
 
 
@@ -61,6 +67,10 @@ def _ydl_options(cfg: DownloadConfig, out_dir: Path, video_id: str, cookies: Pat
         "overwrites": True,
         "continuedl": False,
     }
+    options["max_filesize"] = int(cfg.max_filesize_mb * 1e6)
+    # Refused before downloading when the site says so (a plain file's duration is known only
+    # after it arrives: probe_video checks it then).
+    options["match_filter"] = yt_dlp.utils.match_filter_func(f"!is_live & duration <=? {cfg.max_duration_s}")
     if cfg.rate_limit:
         options["ratelimit"] = yt_dlp.utils.parse_bytes(cfg.rate_limit)
     if cookies:
@@ -82,7 +92,7 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
     existing = find_video(videos_dir, video_id)
     if existing is not None:
         try:
-            probe_video(existing)
+            probe_video(existing, cfg)
             return existing
         except PermanentDownloadError:
             existing.unlink()
@@ -109,9 +119,12 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
                 message = f"the server sent an empty file (0 bytes): {message}"
             raise classify(message)(message) from None
         files = [p for p in partial.iterdir() if p.is_file() and not p.name.endswith(".part")]
+        if not files:  # yt-dlp skips a video its filters or max_filesize refuse, without an error
+            raise PermanentDownloadError(f"nothing downloaded: live, longer than max_duration_s "
+                                         f"({cfg.max_duration_s:g}) or larger than max_filesize_mb ({cfg.max_filesize_mb:g})")
         if len(files) != 1:
             raise PermanentDownloadError(f"expected one downloaded file, found {len(files)}")
-        probe_video(files[0])
+        probe_video(files[0], cfg)
         final = videos_dir / files[0].name
         files[0].replace(final)
         return final

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from clipmemcap.core.layout import ActivityNetPaths, CocoPaths, read_manifest
-from clipmemcap.core.shards import read_frames, read_image_shard
+from clipmemcap.core.layout import MANIFEST, ActivityNetPaths, CocoPaths, read_manifest
+from clipmemcap.core.shards import read_frames, read_image_shard, verify_digests
 from clipmemcap.model.captioner import Batch
 
 
@@ -34,9 +34,23 @@ class Sample:
     caption: str
 
 
+def _verified(root: Path, relatives: set[str], rebuild: str) -> None:
+    """The files this dataset reads match the manifest's digests (a damaged, changed or deleted
+    shard is named here, not found out mid-training)."""
+    files = read_manifest(root).get("files")
+    if files is None:
+        raise ValueError(f"{root / MANIFEST} records no file digests (an older dataset): rebuild it ({rebuild})")
+    verify_digests(root, {relative: files.get(relative, "not in the manifest") for relative in sorted(relatives)},
+                   rebuild)
+
+
 class ActivityNetClips:
     def __init__(self, paths: ActivityNetPaths, split: str):
-        self.rows = pq.read_table(paths.segments_table(split)).to_pylist()
+        table = paths.segments_table(split)
+        _verified(paths.out, {str(table.relative_to(paths.out))}, "dvc repro activitynet")
+        self.rows = pq.read_table(table, page_checksum_verification=True).to_pylist()
+        shards = {paths.frame_shard(row["video_id"]).relative_to(paths.out).as_posix() for row in self.rows}
+        _verified(paths.out, shards, "dvc repro activitynet")
         self.paths = paths
 
     def __len__(self) -> int:
@@ -51,10 +65,14 @@ class ActivityNetClips:
 
 class CocoCaptions:
     def __init__(self, paths: CocoPaths, splits: tuple[str, ...]):
-        rows = [r for r in pq.read_table(paths.captions).to_pylist() if r["split"] in splits]
+        _verified(paths.out, {"captions.parquet"}, "dvc repro coco")
+        rows = [r for r in pq.read_table(paths.captions, page_checksum_verification=True).to_pylist()
+                if r["split"] in splits]
         self.rows = [{**row, "index": i} for i, row in enumerate(rows)]
         self.span = read_manifest(paths.out)["shard_span"]
         self.paths = paths
+        shards = {paths.shard(row["image_id"] // self.span).relative_to(paths.out).as_posix() for row in self.rows}
+        _verified(paths.out, shards, "dvc repro coco")
         self.read = lru_cache(maxsize=8)(self._read_shard)  # the last few shards, by path
 
     @staticmethod
