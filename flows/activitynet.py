@@ -34,7 +34,7 @@ from clipmemcap.core.shards import readable_frame_shard
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir, save_frames
 from clipmemcap.sources.activitynet import Video, download_annotations, load_annotations, write_activitynet_tables
-from clipmemcap.sources.http import PermanentDownloadError
+from clipmemcap.sources.http import PermanentDownloadError, RunStoppingError
 from clipmemcap.sources.selection import fill, plan_streams
 from clipmemcap.sources.video_download import fetch_video
 from flows.common import command_line, with_retries
@@ -77,6 +77,8 @@ def _outcomes(futures: list, videos: list[Video]) -> Iterator:
     for future, video in zip(futures, videos):
         try:
             yield future.result()
+        except RunStoppingError:
+            raise  # every other video would fail the same way
         except Exception as err:  # transient error that outlived its retries: record it
             yield Failure(video.video_id, "download", f"{err} (gave up after retries)")
 

@@ -27,7 +27,7 @@ from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import embed_images, encoder_settings, prepare_shard_dir
 from clipmemcap.sources.coco import (CocoImage, ImageShard, choose, group_by_shard, load_captions,
                                      remove_unreached_shards, write_coco_tables)
-from clipmemcap.sources.http import PermanentDownloadError, TransientDownloadError, fetch_file
+from clipmemcap.sources.http import PermanentDownloadError, RunStoppingError, TransientDownloadError, fetch_file
 from flows.common import command_line, with_retries
 
 
@@ -119,6 +119,8 @@ def _downloaded(batches: list[list[CocoImage]], futures: list, root: Path) -> It
     for batch, future in zip(batches, futures):
         try:
             yield batch, future.result()
+        except RunStoppingError:
+            raise  # every other batch would fail the same way
         except Exception as err:  # transient errors that outlived the retries: record them
             yield batch, [Failure(str(image.image_id), "download", f"{err} (gave up after retries)")
                           for image in batch if not (root / image.file).exists()]

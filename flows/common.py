@@ -9,6 +9,7 @@ from collections.abc import Callable
 from prefect import Task
 
 from clipmemcap.core.config import DownloadConfig, ImageDownloadConfig, settings_parser
+from clipmemcap.sources.http import RunStoppingError
 
 
 def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig, deadline_s: float | None = None) -> Task:
@@ -16,7 +17,20 @@ def with_retries(task: Task, cfg: DownloadConfig | ImageDownloadConfig, deadline
     each with random jitter, so that concurrent downloads do not retry in lockstep), each try
     ended after ``deadline_s``: a server that sends a byte a second never trips a socket timeout."""
     return task.with_options(retries=cfg.retries, retry_jitter_factor=0.5, timeout_seconds=deadline_s,
-                             retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(cfg.retries)])
+                             retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(cfg.retries)],
+                             retry_condition_fn=_worth_retrying)
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """Not an error that every download meets (a full disk, a 403, a bot check): retrying it
+    only delays the stop."""
+    try:
+        state.result()
+    except RunStoppingError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dict:

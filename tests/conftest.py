@@ -75,10 +75,13 @@ class FaultyServer:
     """Static files on 127.0.0.1 plus scripted misbehaviour per URL path:
     ``status`` (always that HTTP status), ``fail_first`` (N requests answered 500, then the file),
     ``stall`` (accept and never answer), ``drip`` (answer 200 with a large Content-Length, then one
-    byte every half second: no socket timeout ever fires). ``hits`` counts requests per path."""
+    byte every half second: no socket timeout ever fires), ``retry_after`` (the first N requests
+    answered 429 with a Retry-After). ``hits`` counts requests per path, ``times`` notes when."""
 
     def __init__(self, root: Path):
         self.root, self.status, self.fail_first, self.stall, self.drip = root, {}, {}, set(), set()
+        self.retry_after: dict[str, tuple[int, int]] = {}  # path -> (first N requests answered 429, seconds)
+        self.times: dict[str, list[float]] = {}
         self.hits: Counter = Counter()
         self.closing = threading.Event()
         server = self
@@ -96,6 +99,13 @@ class FaultyServer:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 server.hits[path] += 1
+                server.times.setdefault(path, []).append(time.monotonic())
+                if path in server.retry_after and server.hits[path] <= server.retry_after[path][0]:
+                    self.send_response(429)
+                    self.send_header("Retry-After", str(server.retry_after[path][1]))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if path in server.stall:
                     server.closing.wait(60)
                     return

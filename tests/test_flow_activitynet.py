@@ -315,3 +315,28 @@ def test_a_dripping_server_is_cut_off_at_the_download_deadline(tmp_path, http_se
     failures = {r["video_id"]: r for r in pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()}
     assert dripping in failures and failures[dripping]["stage"] == "download"
     assert "gave up after retries" in failures[dripping]["reason"]
+
+
+def test_errors_every_video_would_meet_stop_the_run_and_retry_after_is_honoured(tmp_path, http_server, prefect_server,
+                                                                                source):
+    """A 403 (or a bot check, a full disk, a broken cookies file) was a per-video "permanent"
+    failure, so the flow silently replaced video after video; a 429's Retry-After was ignored."""
+    from flows.activitynet import activitynet_ingest
+
+    from clipmemcap.sources.http import RunStoppingError
+
+    serve(http_server, source)
+    good = sorted(p.stem for p in (http_server.root / "videos").glob("*.mp4") if p.stem not in FAULTS)
+    http_server.retry_after[f"/videos/{good[0]}.mp4"] = (1, 2)  # one 429 asking for 2 s
+    storage = tmp_path / "storage"
+    manifest = activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=overrides(http_server, storage, source))
+    first, second = http_server.times[f"/videos/{good[0]}.mp4"][:2]
+    assert second - first >= 2.0
+    assert f"frames/{good[0]}.parquet" in manifest["files"]  # fetched after the wait
+
+    http_server.status[f"/videos/{good[1]}.mp4"] = 403
+    (storage / "activitynet" / "frames" / f"{good[1]}.parquet").unlink()  # so it is fetched again
+    before = http_server.hits[f"/videos/{good[1]}.mp4"]
+    with pytest.raises(RunStoppingError, match=f"{good[1]}.*403"):
+        activitynet_ingest(params=str(ROOT / "params.yaml"), overrides=overrides(http_server, storage, source))
+    assert http_server.hits[f"/videos/{good[1]}.mp4"] == before + 1  # not retried: that only delays the stop

@@ -8,6 +8,7 @@ file that is not a video is permanent).
 
 from __future__ import annotations
 
+import http.cookiejar
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ import ffmpeg
 import yt_dlp
 
 from clipmemcap.core.config import DownloadConfig
-from clipmemcap.sources.http import PermanentDownloadError, classify, is_local
+from clipmemcap.sources.http import PermanentDownloadError, RunStoppingError, classify, is_local
 
 def probe_video(path: Path, cfg: DownloadConfig | None = None) -> float:
     """Duration in seconds of the first video stream; raises PermanentDownloadError when the file
@@ -109,15 +110,18 @@ def fetch_video(video_id: str, url: str, videos_dir: Path, cfg: DownloadConfig) 
     partial.mkdir(parents=True)
     try:
         if cfg.cookies_file:
-            shutil.copyfile(cfg.cookies_file, cookies)
+            try:
+                shutil.copyfile(cfg.cookies_file, cookies)
+            except OSError as err:
+                raise RunStoppingError(f"cookies file {cfg.cookies_file} is unreadable: {err}") from None
         try:
             with yt_dlp.YoutubeDL(options) as ydl:
                 ydl.download([url])
-        except yt_dlp.utils.DownloadError as err:
+        except (yt_dlp.utils.DownloadError, OSError, http.cookiejar.LoadError) as err:
             message = re.sub(r"^ERROR:\s*", "", str(err)).strip()
             if "Did not get any data blocks" in message:
                 message = f"the server sent an empty file (0 bytes): {message}"
-            raise classify(message)(message) from None
+            raise classify(err)(message) from None
         files = [p for p in partial.iterdir() if p.is_file() and not p.name.endswith(".part")]
         if not files:  # yt-dlp skips a video its filters or max_filesize refuse, without an error
             raise PermanentDownloadError(f"nothing downloaded: live, longer than max_duration_s "
