@@ -26,7 +26,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from clipmemcap.core.atomic import atomic_path, write_json
+from clipmemcap.core.atomic import write_json
 from clipmemcap.training.datasets import collate, epoch_order, prefetch
 from clipmemcap.core.devices import resolve_device
 from clipmemcap.core.config import TrainConfig
@@ -52,6 +52,17 @@ def load_weights(model: CaptionModel, folder: Path) -> None:
     model.mapper.load_state_dict(load_mapper(folder / "mapper").state_dict())
     if (folder / "gpt2").exists():
         model.lm.gpt2.load_state_dict(load_gpt2(folder / "gpt2").state_dict())
+
+
+def save_state(state: dict, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically. It is saved under the same file name in a private
+    folder first, then moved: torch names the archive inside after the file, so a temporary name
+    would make every checkpoint's bytes (and DVC's hash of them) differ from run to run."""
+    staged = path.parent / ".staged" / path.name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, staged)
+    staged.replace(path)
+    staged.parent.rmdir()
 
 
 def _promote_complete_checkpoint(out: Path) -> None:
@@ -124,9 +135,9 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
         """last.next/ is complete once its state.pt exists (written last, atomically); then it
         takes last/'s place by renames, so a kill at any moment leaves one complete checkpoint."""
         save_weights(model, out / "last.next")
-        with atomic_path(out / "last.next" / "state.pt") as tmp:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                        "rng": torch.get_rng_state(), "best": json.dumps(best), "fingerprint": fingerprint}, tmp)
+        save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "rng": torch.get_rng_state(), "best": json.dumps(best), "fingerprint": fingerprint},
+                   out / "last.next" / "state.pt")
         shutil.rmtree(out / "last.old", ignore_errors=True)
         if (out / "last").exists():
             (out / "last").rename(out / "last.old")
