@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from clipmemcap.frames.clip_encoder import ClipEncoder
-from clipmemcap.core.config import Config
+from clipmemcap.core.config import MAX_URL, Config
 from clipmemcap.frames.ffmpeg_frames import decode_range
 from clipmemcap.model.beam import beam_search, captions
 from clipmemcap.sources.video_download import fetch_video, probe_video
@@ -34,14 +34,18 @@ from clipmemcap.core.failures import Failure
 from clipmemcap.sources.http import DownloadError, PermanentDownloadError, is_local
 from clipmemcap.core.grid import grid_range
 from clipmemcap.frames.embed import embed_stream, encoder_settings
-from clipmemcap.core.layout import CLIP_SETTINGS, Layout
+from clipmemcap.core.layout import CLIP_SETTINGS, Layout, fits_file_system
+from clipmemcap.core.redact import redact
 from clipmemcap.model.captioner import load_caption_model, stop_ids
 
 PIECE_FRAMES = 256  # frames decoded per piece of a clip: what streams through at once, per decoder
 
 
 class CaptionError(ValueError):
-    """Bad input to ``clipmemcap caption``; the message names it."""
+    """Bad input to ``clipmemcap caption``; the message names it (a URL without its secrets)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def video_name(source: str) -> str:
         return Path(source).stem
     url = urlparse(source)
     name = parse_qs(url.query).get("v", [Path(url.path).stem])[0]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "video"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "video"  # download_name's digest keeps it unique
 
 
 def download_name(url: str) -> str:
@@ -94,10 +98,12 @@ def download_name(url: str) -> str:
 def open_video(source: str, cfg: Config) -> tuple[Path, float]:
     """(local file, duration in s) of a path or a URL (downloaded with the pipeline's yt-dlp settings)."""
     if is_local(source):
-        path = Path(source)
+        path = fits_file_system(source, "video file")
         if not path.is_file():
             raise CaptionError(f"no such video file: {source}")
     else:
+        if len(source) > MAX_URL:
+            raise CaptionError(f"the URL {source[:60]}... is longer than {MAX_URL} characters")
         try:
             path = fetch_video(download_name(source), source, Layout.of(cfg).caption_downloads, cfg.activitynet.download)
         except DownloadError as err:

@@ -19,7 +19,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,6 +29,8 @@ from tqdm import tqdm
 from clipmemcap.core.config import ClipConfig, Config, DownloadConfig, load_config
 from clipmemcap.core.failures import Failure
 from clipmemcap.core.layout import Layout
+from clipmemcap.core.redact import redact_url
+from clipmemcap.core.storage_lock import storage_lock
 from clipmemcap.core.shards import readable_frame_shard
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir, save_frames
@@ -114,7 +115,7 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
     logger = get_run_logger()
     net, paths = cfg.activitynet, Layout.of(cfg).activitynet
     paths.cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
+    with storage_lock(paths.lock, cfg.storage.lock_timeout_s, cfg.storage.lock_lease_s):
         files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations), net.fps,
                                  net.max_annotation_mb, net.max_segments_per_video, net.download.max_duration_s)
         failures = [f for afile in files.values() for f in afile.failures]
@@ -158,7 +159,7 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
             logger.warning("candidates ran out; videos missing per split: %s", shortfall)
         manifest = write_activitynet_tables(paths, chosen, failures, net.fps, {
             "dataset": "activitynet-captions",
-            "annotations_url": net.annotations_url,
+            "annotations_url": redact_url(net.annotations_url),
             "clip": settings,
             "fps": net.fps,
             "subset": {**net.subset.model_dump(), "shortfall": shortfall},

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -23,6 +22,8 @@ from tqdm import tqdm
 from clipmemcap.core.config import CocoConfig, load_config
 from clipmemcap.core.failures import Failure
 from clipmemcap.core.layout import Layout, UnsafePath, inside
+from clipmemcap.core.redact import redact_url
+from clipmemcap.core.storage_lock import storage_lock
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import embed_images, encoder_settings, prepare_shard_dir
 from clipmemcap.sources.coco import (CocoImage, ImageShard, choose, group_by_shard, load_captions,
@@ -71,7 +72,7 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
     paths = Layout.of(cfg).coco
     image_root = coco.images_dir or paths.downloaded_images
     paths.cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(paths.lock, timeout=cfg.storage.lock_timeout_s):
+    with storage_lock(paths.lock, cfg.storage.lock_timeout_s, cfg.storage.lock_lease_s):
         captions = load_captions(fetch_captions(coco.captions_url, paths.downloaded_captions, coco.download.timeout_s),
                                  coco.captions_format)
         failures = list(captions.failures)
@@ -106,7 +107,7 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
                 update_progress_artifact(artifact, 100.0 * progress.n / max(1, len(chosen)))
         progress.close()
         manifest = write_coco_tables(paths, chosen, embedded, failures, {
-            "dataset": "coco-captions", "captions_url": coco.captions_url, "captions_format": coco.captions_format,
+            "dataset": "coco-captions", "captions_url": redact_url(coco.captions_url), "captions_format": coco.captions_format,
             "clip": settings, "shard_span": coco.shard_span,
             "subset": {"images": coco.subset_images, "seed": coco.seed},
         })

@@ -152,6 +152,44 @@ def http_server(tmp_path):
     server.close()
 
 
+SECRET = "not-a-real-secret-7f3a"  # the object store's key: must never reach a log, a manifest or the repository
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """moto_server: the S3 API on 127.0.0.1, with a bucket ``clipmemcap`` (it stands in for AWS,
+    which cannot be reached here). Credentials live only in the environment, as they would for a
+    real store. Yields the endpoint URL."""
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for key, value in {"AWS_ACCESS_KEY_ID": "clipmemcap-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            monkeypatch.setenv(key, value)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"moto_server did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        import s3fs
+        from upath import UPath
+
+        s3fs.S3FileSystem.clear_instance_cache()  # a cached client would still talk to the last test's server
+        UPath("s3://clipmemcap").fs.mkdir("clipmemcap")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def ingest_overrides(server_url: str, storage: Path, train: int, test: int, val_fraction: float = 0.0) -> list[str]:
     """Settings that point the ActivityNet flow at a FaultyServer, with the tiny CLIP config."""
     return TINY_CLIP + [

@@ -96,6 +96,12 @@ def test_a_url_is_fetched_with_yt_dlp(setup, http_server, capsys):
     ("other-clip", "trained on frames of another CLIP"),
     ("window-inf", "--window must be a positive number of seconds, not inf"),  # exited 0 with no output
     ("window-tiny", "more than 100,000 segments"),  # planned 10^7 segments (2.2 GB)
+    # over-long inputs ended in OSError tracebacks (ENAMETOOLONG)
+    ("long-name", "is too long (309 bytes, longest name 304"),
+    ("long-path", "is too long (6008 bytes"),
+    ("long-url-name", "could not download"),  # the download's own file name no longer overflows
+    ("long-url", "is longer than 2048 characters"),
+    ("url-secret", "missing.mp4?token=REDACTED"),  # the token was printed with the error
 ])
 def test_bad_input_names_itself_and_exits_non_zero(setup, http_server, tmp_path, case, words):
     root, settings, run, video = setup
@@ -115,6 +121,14 @@ def test_bad_input_names_itself_and_exits_non_zero(setup, http_server, tmp_path,
         args += ["--window", "inf"]
     elif case == "window-tiny":
         args += ["--window", "1e-6"]
+    elif case == "long-name":
+        args = [f"/tmp/{'a' * 300}.mp4"]
+    elif case == "long-path":
+        args = [f"/tmp{'/x' * 3000}.mp4"]
+    elif case in ("long-url-name", "long-url", "url-secret"):
+        args = [{"long-url-name": f"{http_server.url}/{'a' * 300}.mp4", "long-url": f"{http_server.url}/{'b/' * 1100}",
+                 "url-secret": f"{http_server.url}/videos/missing.mp4?token=s3cr3t"}[case]]
+        settings = settings + [f"storage.work={tmp_path}", "activitynet.download.retries=0"]
     elif case == "url-404":
         args = [f"{http_server.url}/videos/missing.mp4"]
         settings = settings + [f"storage.work={tmp_path}", "activitynet.download.retries=0"]
@@ -129,6 +143,7 @@ def test_bad_input_names_itself_and_exits_non_zero(setup, http_server, tmp_path,
     with pytest.raises(SystemExit) as exit_:
         caption(settings, *args)
     assert words in str(exit_.value.code), exit_.value.code
+    assert "s3cr3t" not in str(exit_.value.code)
 
 
 def test_the_command_exits_non_zero_with_the_message_on_stderr(setup, tmp_path):

@@ -102,6 +102,19 @@ def test_a_preset_naming_an_unknown_setting_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override,name", [
+    (f"coco.images_dir=/tmp/{'a' * 300}", "coco.images_dir"),
+    (f"activitynet.annotations_url=/tmp{'/x' * 3000}.zip", "activitynet.annotations_url"),
+    (f"activitynet.video_url_template=https://host/{'v' * 3000}", "activitynet.video_url_template"),
+    (f"activitynet.download.cookies_file=/tmp/{'c' * 300}.txt", "cookies_file"),
+    (f"storage.work=/tmp/{'w' * 300}", "storage.work"),
+])
+def test_paths_and_urls_longer_than_a_file_system_or_server_takes_are_refused(override, name):
+    """An over-long path in the settings ended in an OSError traceback deep in a run."""
+    with pytest.raises(ValidationError, match=name):
+        load_config(ROOT / "params.yaml", [override])
+
+
+@pytest.mark.parametrize("override,name", [
     ("activitynet.fps=.inf", "activitynet.fps"), ("finetune.train.lr=.nan", "finetune.train.lr"),
     ("activitynet.download.rate_limit=lots", "rate_limit"), ("activitynet.download.rate_limit=-2M", "rate_limit"),
     ('finetune.runs={"../x; rm -rf": {mapper: video-temporal}}', "run name"),

@@ -39,3 +39,30 @@ def test_a_429_waits_out_its_retry_after():
     started = time.monotonic()
     assert classify(http_error(429, {"Retry-After": "1"})) is TransientDownloadError
     assert time.monotonic() - started >= 1.0
+
+
+SECRET = "s3cr3t-Tok3n"
+
+
+@pytest.mark.parametrize("url,kept", [
+    (f"https://mirror.example/a/captions.zip?token={SECRET}&v=1", "https://mirror.example/a/captions.zip?token=REDACTED&v=1"),
+    (f"https://user:{SECRET}@mirror.example/x.mp4", "https://REDACTED@mirror.example/x.mp4"),
+    (f"https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential={SECRET}&X-Amz-Signature={SECRET}&X-Amz-Expires=60",
+     "https://b.s3.amazonaws.com/k.mp4?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Expires=60"),
+    (f"https://host/v?sig={SECRET}#access_token={SECRET}", "https://host/v?sig=REDACTED#access_token=REDACTED"),
+    ("https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=10", "https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=10"),
+])
+def test_secrets_in_urls_are_redacted_and_the_rest_kept(url, kept):
+    from clipmemcap.core.redact import redact, redact_url
+
+    assert redact_url(url) == kept
+    assert redact(f"HTTP Error 404 for '{url}' (after 3 tries)") == f"HTTP Error 404 for '{kept}' (after 3 tries)"
+
+
+def test_failure_records_and_download_errors_never_hold_a_urls_secret():
+    from clipmemcap.core.failures import Failure
+
+    message = f"unable to download https://mirror.example/v.mp4?api_key={SECRET}: HTTP Error 500"
+    for text in (Failure("v_x", "download", message).reason, str(TransientDownloadError(message)),
+                 str(classify(http_error(403))(message))):
+        assert SECRET not in text and "api_key=REDACTED" in text

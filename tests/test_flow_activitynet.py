@@ -24,6 +24,8 @@ import torch
 from clipmemcap.frames import embed as ingest
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.core.grid import grid_range
+from clipmemcap.core.layout import Layout
+from clipmemcap.core.storage_lock import storage_lock
 from clipmemcap.core.shards import read_frames
 from clipmemcap.sources.synthetic import make_activitynet_source, write_captions_zip, write_video
 from conftest import ROOT, ingest_overrides
@@ -218,12 +220,50 @@ def test_killed_run_resumes_to_the_same_outputs_and_concurrent_runs_agree(tmp_pa
     finish(run_flow(overrides(http_server, killed, source)))
     assert snapshot(killed) == expected
 
-    # two runs on the same storage at once: the lock serialises them, nothing is corrupted
+    # two runs on the same storage at once, each with its own work folder (two machines): the lock
+    # serialises them, nothing is corrupted
     shared = tmp_path / "shared"
-    first, second = run_flow(overrides(http_server, shared, source)), run_flow(overrides(http_server, shared, source))
+    first, second = (run_flow(overrides(http_server, shared, source) + [f"storage.work={tmp_path / machine}"])
+                     for machine in ("machine-a", "machine-b"))
     finish(first)
     finish(second)
     assert snapshot(shared) == expected
+
+
+def test_a_run_waits_for_the_storage_roots_lock_whatever_its_work_folder(tmp_path, http_server, prefect_server, source):
+    """The lock used to live in the work folder, so a run with another `storage.work` (another
+    machine on the same store) went ahead beside a running one."""
+    serve(http_server, source)
+    storage = tmp_path / "storage"
+    held_by_machine_a = Layout(storage, tmp_path / "machine-a").activitynet.lock
+    with storage_lock(held_by_machine_a, timeout_s=0, lease_s=60):
+        process = run_flow(overrides(http_server, storage, source)
+                           + [f"storage.work={tmp_path / 'machine-b'}", "storage.lock_timeout_s=1"])
+        output, _ = process.communicate(timeout=300)
+    output = output.decode()
+    assert process.returncode != 0, output[-4000:]
+    assert f"another run holds {held_by_machine_a}" in output and "storage.lock_timeout_s" in output
+    assert not (storage / "activitynet").exists() and not http_server.hits  # nothing fetched, nothing written
+
+
+def test_tokens_in_urls_reach_no_output_and_no_log(tmp_path, http_server, prefect_server, source):
+    """A private mirror's signed URLs: the token used to be written to the manifest."""
+    serve(http_server, source)
+    secret = "s3cr3t-Tok3n-91"
+    storage = tmp_path / "storage"
+    process = run_flow(overrides(http_server, storage, source) + [
+        f"activitynet.annotations_url={http_server.url}/captions.zip?token={secret}",
+        f"activitynet.video_url_template={http_server.url}/videos/v_{{youtube_id}}.mp4?X-Amz-Signature={secret}"])
+    output, _ = process.communicate(timeout=300)
+    output = output.decode()
+    assert process.returncode == 0, output[-4000:]
+    assert http_server.hits["/videos/v_404notfound.mp4"]  # the URLs with tokens were used
+    manifest = (storage / "activitynet" / "manifest.json").read_text()
+    assert json.loads(manifest)["annotations_url"] == f"{http_server.url}/captions.zip?token=REDACTED"
+    failures = pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()
+    assert {"v_404notfound", "v_stalledxxxx"} <= {r["video_id"] for r in failures}
+    for text in (output, manifest, json.dumps(failures)):
+        assert secret not in text
 
 
 def test_rerun_retries_only_what_failed(tmp_path, http_server, prefect_server, source):

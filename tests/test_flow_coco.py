@@ -183,7 +183,7 @@ def test_hostile_image_paths_touch_nothing_outside_storage(tmp_path, http_server
     (victims / "dotdot.txt").write_text("keep me too")
     climb = "../" * 5 + "victims"  # from storage/cache/coco/images/val2014 up to tmp_path
     hostile = {777001: (str(victims), "absolute.txt"), 777002: ("val2014", f"{climb}/dotdot.txt"),
-               777003: ("val2014", f"{climb}/new/made.jpg")}
+               777003: ("val2014", f"{climb}/new/made.jpg"), 777004: ("val2014", "x" * 300 + ".jpg")}
     for image_id, (filepath, filename) in hostile.items():
         data["images"].append({"cocoid": image_id, "filepath": filepath, "filename": filename, "split": "train",
                                "sentences": [{"raw": "a victim"}]})

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import pytest
 from upath import UPath
 
 from clipmemcap.sources.synthetic import make_coco_source, make_activitynet_source
-from conftest import ROOT, TINY_CLIP, free_port, ingest_overrides
+from conftest import ROOT, SECRET, TINY_CLIP, free_port, ingest_overrides
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 PARAMS = str(ROOT / "params.yaml")
-SECRET = "not-a-real-secret-7f3a"  # must never reach a log, a manifest or the repository
 
 
 @pytest.fixture(scope="module")
@@ -147,22 +145,6 @@ def test_a_dask_cluster_gives_the_same_outputs_as_a_local_run(tmp_path, http_ser
     assert len(ran_on) >= 4 and set(ran_on) <= workers  # every video was a task on the cluster
     assert not (tmp_path / "cluster" / "cache" / "activitynet" / "videos").exists()  # no download here
     assert tree_bytes(tmp_path / "cluster" / "activitynet") == expected
-
-
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    """moto_server: the S3 API on 127.0.0.1, with a bucket. Credentials live only in the
-    environment, as they would for a real store."""
-    port = free_port()
-    log = tmp_path / "moto.log"
-    with background([BIN / "moto_server", "-H", "127.0.0.1", "-p", port], log):
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2), "moto_server", log)
-        for key, value in {"AWS_ACCESS_KEY_ID": "clipmemcap-test", "AWS_SECRET_ACCESS_KEY": SECRET,
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            monkeypatch.setenv(key, value)
-        UPath("s3://clipmemcap").fs.mkdir("clipmemcap")
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_s3_storage_root_holds_the_same_bytes_and_serves_as_a_dvc_remote(tmp_path, http_server, prefect_server, sources, s3):

@@ -19,13 +19,14 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from upath import UPath
 
 from clipmemcap.core.atomic import on_local_disk
+from clipmemcap.core.layout import fits_file_system
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -36,16 +37,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+MAX_URL = 2048  # characters: what browsers and most servers accept
+
+
+def _fits(path):
+    if path is not None and on_local_disk(path):
+        fits_file_system(path, "setting")
+    return path
+
+
+def _url_or_path(text: str) -> str:
+    if len(text) > MAX_URL:
+        raise ValueError(f"{text[:60]!r}... is longer than {MAX_URL} characters")
+    return text if "://" in text else str(_fits(Path(text)))
+
+
+# Settings a file name or URL could not be used as (a traceback deep in a run) fail here instead.
+LocalPath = Annotated[Path, AfterValidator(_fits)]
+UrlOrPath = Annotated[str, AfterValidator(_url_or_path)]
+
+
 class StorageConfig(Strict):
-    root: UPath = Field(UPath("storage"), description="a folder, or an object-store URL (s3://bucket/prefix)")
-    work: Path | None = Field(None, description="local folder for downloads and locks; default <root>/cache, "
-                                                "or storage/cache when root is a URL")
-    lock_timeout_s: float = Field(3600.0, description="how long a run waits for another run's lock")
+    root: Annotated[UPath, AfterValidator(_fits)] = Field(
+        UPath("storage"), description="a folder, or an object-store URL (s3://bucket/prefix)")
+    work: LocalPath | None = Field(None, description="local folder for downloads; default <root>/cache, "
+                                                     "or storage/cache when root is a URL")
+    lock_timeout_s: float = Field(3600.0, ge=0.0, description="how long a run waits for another run's lock")
+    lock_lease_s: float = Field(600.0, gt=0.0, description="object stores: a lock not renewed for this long "
+                                                           "is taken to belong to a dead run")
 
     @property
     def cache(self) -> Path:
-        """Downloads, videos and run locks: always on local disk (yt-dlp, ffmpeg and file locks
-        need one), also when the outputs go to an object store."""
+        """Downloads and videos: always on local disk (yt-dlp and ffmpeg need one), also when the
+        outputs go to an object store."""
         if self.work is not None:
             return self.work
         return self.root / "cache" if on_local_disk(self.root) else Path("storage") / "cache"
@@ -73,7 +97,7 @@ class DownloadConfig(Strict):
     socket_timeout_s: float = Field(30.0, gt=0.0)
     rate_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?[KMGkmg]?$",
                                    description="bytes/s, e.g. '2M' or '500K', passed to yt-dlp")
-    cookies_file: Path | None = None
+    cookies_file: LocalPath | None = None
     concurrency: int = Field(4, ge=1)
     # Bounds on what a server may make us fetch and decode (inputs from the internet are hostile).
     deadline_s: float = Field(3600.0, gt=0.0, description="one download's deadline, however slowly data comes")
@@ -83,8 +107,8 @@ class DownloadConfig(Strict):
 
 
 class ActivityNetConfig(Strict):
-    annotations_url: str = Field("storage/benchmark/captions.zip", description="a local path or a URL")
-    video_url_template: str = "storage/benchmark/videos/v_{youtube_id}.mp4"
+    annotations_url: UrlOrPath = Field("storage/benchmark/captions.zip", description="a local path or a URL")
+    video_url_template: UrlOrPath = "storage/benchmark/videos/v_{youtube_id}.mp4"
     fps: float = Field(5.0, gt=0.0)
     keep_videos: bool = False
     max_annotation_mb: float = Field(200.0, gt=0.0, description="uncompressed size of each annotation file")
@@ -101,12 +125,12 @@ class ImageDownloadConfig(Strict):
 
 
 class CocoConfig(Strict):
-    captions_url: str = "storage/benchmark/images/caption_datasets.zip"
+    captions_url: UrlOrPath = "storage/benchmark/images/caption_datasets.zip"
     captions_format: Literal["karpathy", "official"] = "karpathy"
-    images_url_template: str = Field("http://images.cocodataset.org/{file}",
-                                     description="{file}: path under the COCO root; {image_id}")
-    images_dir: Path | None = Field(Path("storage/benchmark/images"),
-                                    description="a local COCO root; then nothing is downloaded")
+    images_url_template: UrlOrPath = Field("http://images.cocodataset.org/{file}",
+                                           description="{file}: path under the COCO root; {image_id}")
+    images_dir: LocalPath | None = Field(Path("storage/benchmark/images"),
+                                         description="a local COCO root; then nothing is downloaded")
     subset_images: int | None = Field(None, ge=1, description="null = every image")
     seed: int = 0
     shard_span: int = Field(10_000, ge=1, description="image ids per shard")

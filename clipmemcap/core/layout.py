@@ -8,7 +8,8 @@
     <root>/models/pretrain/           pre-training (best/, last/)
     <root>/models/finetune/<run>-<seed>/   fine-tuning of one run and seed, with clip.json
     <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json
-    <cache>/{activitynet,coco}/       downloads and the run lock; <cache>/caption/: `caption`'s downloads
+    <root>/.{activitynet,coco}.lock   the run lock of each data flow (clipmemcap.core.storage_lock)
+    <cache>/{activitynet,coco}/       downloads; <cache>/caption/: `caption`'s downloads
 
 and, kept in git beside ``dvc.yaml`` (DVC metrics and plots, relative to the working directory):
 
@@ -22,6 +23,7 @@ and, kept in git beside ``dvc.yaml`` (DVC metrics and plots, relative to the wor
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,23 @@ def run_name(run: str, seed: int) -> str:
 
 
 class UnsafePath(ValueError):
-    """A path from input data that would lead out of the folder it belongs in."""
+    """A path from input data that would lead out of the folder it belongs in, or that no file
+    system could hold."""
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes: Linux's limits on one name and on a whole path
+
+
+def fits_file_system(path: str | Path, what: str = "path") -> Path:
+    """``path``, refused with an error naming it when a name in it or the whole is longer than a
+    file system allows (the OS would answer every use of it with a traceback)."""
+    raw = os.fsencode(str(path))
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if len(raw) > PATH_MAX or longest > NAME_MAX:
+        shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:60]}...{str(path)[-17:]}"
+        raise UnsafePath(f"{what} {shown!r} is too long ({len(raw)} bytes, longest name {longest}; "
+                         f"limits {PATH_MAX} and {NAME_MAX})")
+    return Path(path)
 
 
 def inside(root: Path, relative: str) -> Path:
@@ -47,7 +65,8 @@ def inside(root: Path, relative: str) -> Path:
     names in annotation files are input data, and nothing outside storage is read, written or
     deleted."""
     base = Path(root).resolve()
-    path = (base / relative).resolve()
+    path = (base / fits_file_system(relative, "file name")).resolve()
+    fits_file_system(path)
     if base not in path.parents:
         raise UnsafePath(f"{relative!r} is not a path inside {root}")
     return path
@@ -88,7 +107,7 @@ class BenchmarkPaths:
 
 @dataclass(frozen=True)
 class ActivityNetPaths:
-    """Outputs (DVC-tracked) under ``out``; downloads and the lock under ``cache``."""
+    """Outputs (DVC-tracked) under ``out``; downloads under ``cache``."""
 
     out: Path
     cache: Path
@@ -121,7 +140,9 @@ class ActivityNetPaths:
 
     @property
     def lock(self) -> Path:
-        return self.cache / "run.lock"
+        """Beside the outputs, not in the cache: runs on one storage root with different work
+        folders (two machines on one object store) must still exclude each other."""
+        return self.out.with_name(f".{self.out.name}.lock")
 
 
 @dataclass(frozen=True)
@@ -156,7 +177,9 @@ class CocoPaths:
 
     @property
     def lock(self) -> Path:
-        return self.cache / "run.lock"
+        """Beside the outputs, not in the cache: runs on one storage root with different work
+        folders (two machines on one object store) must still exclude each other."""
+        return self.out.with_name(f".{self.out.name}.lock")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from clipmemcap.core.failures import Failure
 from clipmemcap.sources.http import fetch_file, is_local
 from clipmemcap.core.grid import grid_range, merge_ranges
 from clipmemcap.core.layout import MANIFEST, ActivityNetPaths
+from clipmemcap.core.redact import redact
 from clipmemcap.core.jsonio import AnnotationError, parse_json
 from clipmemcap.core.shards import SCHEMA_VERSION, file_digests, write_failures, write_segments
 
@@ -75,7 +76,7 @@ def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     if not zipfile.is_zipfile(dest):
         if not is_local(url):
             dest.unlink()
-        raise AnnotationError(f"{url} is not a zip file")
+        raise AnnotationError(f"{redact(url)} is not a zip file")
     return dest
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.failures import Failure
-from clipmemcap.core.layout import MANIFEST, CocoPaths
+from clipmemcap.core.layout import MANIFEST, NAME_MAX, CocoPaths
 from clipmemcap.core.jsonio import AnnotationError, parse_json
 from clipmemcap.core.shards import (SCHEMA_VERSION, file_digests, read_image_shard, write_captions, write_failures,
                                     write_image_shard)
@@ -83,10 +83,11 @@ def _records_official(name: str, data: dict):
 
 
 def _plain_relative(file: str) -> bool:
-    """A file name becomes a path under the images folder: no absolute path, no ``..``."""
+    """A file name becomes a path under the images folder: no absolute path, no ``..``, and no
+    name longer than a file system holds."""
     path = PurePosixPath(file)
     return (0 < len(file) <= 1024 and "\x00" not in file and "\\" not in file and not path.is_absolute()
-            and all(part not in ("..", ".") for part in path.parts))
+            and all(part not in ("..", ".") and len(part.encode()) <= NAME_MAX for part in path.parts))
 
 
 def normalise(name: str, data: dict, fmt: str, result: CocoAnnotations) -> None:
@@ -100,7 +101,7 @@ def normalise(name: str, data: dict, fmt: str, result: CocoAnnotations) -> None:
                 result.failures.append(Failure(key, STAGE, f"{name}: captions refer to an image not in the file"))
             elif not _plain_relative(file):
                 result.failures.append(Failure(key, STAGE, f"{name}: image file {file!r} is not a relative path "
-                                                           "inside the COCO root"))
+                                                           "inside the COCO root (absolute, .. or too long)"))
             elif image_id in result.images:
                 result.failures.append(Failure(key, STAGE, f"{name}: image id listed twice; the first entry is kept"))
             else:

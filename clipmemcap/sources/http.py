@@ -21,13 +21,17 @@ import urllib.request
 from pathlib import Path
 
 from clipmemcap.core.atomic import atomic_path
+from clipmemcap.core.redact import redact
 
 MAX_RETRY_AFTER_S = 300.0  # a longer wait asked by a server is cut to this
 BOT_CHECK = "confirm you’re not a bot", "confirm you're not a bot"  # YouTube's only sign of one
 
 
 class DownloadError(RuntimeError):
-    pass
+    """Its message never holds a URL's secrets: it reaches logs, failure records and Prefect."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class TransientDownloadError(DownloadError):
