@@ -1,6 +1,7 @@
-"""Training loop throughput: the full loop (Parquet reads, collation, logging) vs the raw step.
+"""Training loop throughput: the full loop (Parquet reads, collation, logging) vs the raw step;
+and the step's cost for the long-range benchmark's runs.
 
-    python benchmarks/training_loop.py [--videos 200] [--batch 40] [--steps 60]
+    python benchmarks/training_loop.py [--videos 200] [--batch 40] [--steps 60] [--vocabulary full captions]
 
 On a synthetic ActivityNet-layout dataset (frame shards of 5 fps videos, 3 segments each, CLIP
 dim 512) with a tiny memorizing mapper and a tiny GPT-2, CPU:
@@ -9,6 +10,12 @@ dim 512) with a tiny memorizing mapper and a tiny GPT-2, CPU:
 Both are timed in steady state, from the end of the first step to the end of the last (the loop's
 final checkpoint and validation, and both warm-ups, are left out).
 Target (issue 5): loop >= 0.9 x raw samples/s (data loading is never the bottleneck).
+
+Second table: ms per training step (forward, backward, clipping, AdamW) at the benchmark's sizes
+(tiny GPT-2 with the real 50,257-token vocabulary, 2-layer mappers of width 64, W = 16, batch 16,
+clips of 20-60 s at 5 fps, captions of the benchmark's kind), for the `uniform` baseline and
+`memorizing`, with GPT-2's full output layer and with `model.vocabulary: captions`. Targets (issue
+15): the baseline step >= 3x faster than with the full layer; memorizing <= 1.5x the baseline.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from transformers import GPT2Config
 from clipmemcap.training.datasets import ActivityNetClips, collate, epoch_order
 from clipmemcap.core.config import TrainConfig
 from clipmemcap.model.mappers import MapperConfig, build_mapper
-from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.model.captioner import Batch
+from clipmemcap.model.prefix_lm import PrefixLM, caption_vocabulary, load_gpt2, load_tokenizer
 from clipmemcap.core.layout import ActivityNetPaths
 from clipmemcap.core.shards import file_digests, write_frame_shard, write_segments
 from clipmemcap.training.loop import CaptionModel, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import print_table  # noqa: E402
+from timing import best_times, print_table  # noqa: E402
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "clipmemcap" / "model" / "gpt2_tokenizer"
 
@@ -62,13 +70,56 @@ def model() -> CaptionModel:
     return CaptionModel(mapper, PrefixLM(gpt2, 50256))
 
 
+def step_costs(tokenizer, vocabularies: list[str], steps: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    B = 16
+    lengths = torch.tensor(rng.integers(100, 301, B))  # 20-60 s at 5 fps
+    T = int(lengths.max())
+    frames, times = torch.randn(B, T, 64), (torch.arange(T) / 5.0)[None].repeat(B, 1)
+    words = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")]
+    captions = [f"{words[rng.integers(12)]}, then {words[rng.integers(12)]}." for _ in range(B)]
+    ids = tokenizer(captions)["input_ids"]
+    width = max(map(len, ids))
+    batch = Batch([None] * B, frames, times, lengths, torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                  torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]))
+    rows = []
+    for vocabulary in vocabularies:
+        kept = caption_vocabulary(tokenizer, captions, [13]) if vocabulary == "captions" else None
+        for run, over in (("uniform", {"kind": "temporal", "frame_policy": "uniform"}), ("memorizing", {})):
+            torch.manual_seed(0)
+            cfg = MapperConfig.load("video-memorizing", clip_dim=64, embed_dim=64, layers=2, heads=4, prefix_length=4,
+                                    window=16, **over)
+            gpt2 = load_gpt2(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=128))
+            net = CaptionModel(build_mapper(cfg), PrefixLM(gpt2, 50256, **({"vocabulary": kept} if kept else {})))
+            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)  # as train() builds it
+
+            def step():
+                loss = net(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimizer.step()
+
+            step()
+            rows.append({"vocabulary": vocabulary, "run": run, "ms": 1000 * best_times({"s": step}, steps)["s"]})
+    for row in rows:
+        baseline = next(r["ms"] for r in rows if r["vocabulary"] == row["vocabulary"] and r["run"] == "uniform")
+        full = next((r["ms"] for r in rows if r["vocabulary"] == "full" and r["run"] == "uniform"), float("nan"))
+        row["vs_baseline"], row["speedup"] = row["ms"] / baseline, full / baseline
+    print_table(rows, [("vocabulary", "vocabulary", "s"), ("run", "run", "s"), ("ms", "ms/step", ".1f"),
+                       ("vs_baseline", "x baseline", ".2f"), ("speedup", "baseline speed-up", ".2f")],
+                "best of 20 steps, batch 16, CPU; targets: baseline speed-up >= 3, memorizing <= 1.5 x baseline")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--batch", type=int, default=40)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--vocabulary", nargs="+", default=["full", "captions"], choices=["full", "captions"])
     args = parser.parse_args()
     tokenizer = load_tokenizer(TOKENIZER_DIR)
+    step_costs(tokenizer, args.vocabulary)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "activitynet"
         make_dataset(data_dir, args.videos)

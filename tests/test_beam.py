@@ -46,3 +46,46 @@ def test_greedy_is_the_argmax_at_every_step(lm):
 def test_decoded_text_drops_end_of_text(lm):
     _, tokenizer = lm
     assert captions(tokenizer, [[64, 3797, 13, tokenizer.eos_token_id]]) == ["a cat."]
+
+
+CAPTIONS = ["a red circle, then a blue square.", "a green triangle, then a yellow circle."]
+
+
+def restricted(lm):
+    from clipmemcap.model.prefix_lm import caption_vocabulary
+
+    model, tokenizer = lm
+    vocabulary = caption_vocabulary(tokenizer, CAPTIONS, extra=tokenizer(".")["input_ids"])
+    return PrefixLM(model.gpt2, tokenizer.eos_token_id, vocabulary=vocabulary).eval(), vocabulary
+
+
+def test_a_restricted_output_layer_has_the_full_layers_logits_at_its_tokens(lm):
+    model, tokenizer = lm
+    small, vocabulary = restricted(lm)
+    assert 10 < len(vocabulary) < 20 and tokenizer.eos_token_id in vocabulary
+    hidden = torch.randn(7, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(small.logits(hidden), model.logits(hidden)[:, vocabulary])  # same weights, same numbers
+    # the loss is the cross-entropy over the kept tokens, targets at their positions
+    ids = tokenizer(CAPTIONS[0])["input_ids"]
+    tokens, mask, prefix = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.randn(1, 5, 32)
+    embeddings, attention, labels = model.inputs(prefix, tokens.clone(), mask)
+    hidden = model.gpt2.transformer(inputs_embeds=embeddings, attention_mask=attention).last_hidden_state
+    scored = labels[:, 1:] != -100
+    full = model.logits(hidden[:, :-1][scored])[:, vocabulary]
+    positions = torch.tensor([vocabulary.index(t) for t in labels[:, 1:][scored].tolist()])
+    expected = torch.nn.functional.cross_entropy(full, positions)
+    assert torch.allclose(small(prefix, tokens.clone(), mask), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_a_restricted_model_never_emits_a_dropped_token(lm, beam):
+    model, tokenizer = lm
+    small, vocabulary = restricted(lm)
+    prefix = torch.randn(16, 5, 32, generator=torch.Generator().manual_seed(3))
+    unrestricted = beam_search(model, prefix, beam=beam, max_tokens=12)
+    assert any(t not in vocabulary for seq in unrestricted for t in seq)  # the full model does emit them
+    sequences = beam_search(small, prefix, beam=beam, max_tokens=12, stop_ids=tuple(tokenizer(".")["input_ids"]))
+    assert all(t in vocabulary for seq in sequences for t in seq)
+    # with the cache and without, the same tokens
+    assert sequences == beam_search(small, prefix, beam=beam, max_tokens=12,
+                                    stop_ids=tuple(tokenizer(".")["input_ids"]), use_cache=False)

@@ -59,7 +59,7 @@ def test_the_source_is_real_video_and_official_annotations(tmp_path):
     segments = [s for v in [*train.values(), *test.values()] for s in v.segments]
     assert len(segments) == summary["clips"] == 13 * CFG.clips_per_video
     short = [s for s in segments if s.end - s.start <= CFG.short_s[1]]
-    assert len(short) == summary["short_clips"] == 9 + 4  # every 4th clip of each file: 36 and 16 clips
+    assert len(short) == summary["short_clips"] == 9 + 8  # every 4th train clip (of 36), every 2nd test clip (of 16)
     for video in [*train.values(), *test.values()]:
         assert abs(probe_video(tmp_path / "videos" / f"{video.video_id}.mp4") - video.duration) < 0.15
         bounds = [(s.start, s.end) for s in video.segments]  # clips back to back, covering the video
@@ -96,9 +96,28 @@ def test_changed_settings_make_new_videos_and_drop_the_old(tmp_path):
     write_sources(CFG.model_copy(update={"event_size": 0.5}), SUBSET, BenchmarkPaths(tmp_path))
     after = set((tmp_path / "videos").glob("*.mp4"))
     assert len(after) == len(before) and not after & before
-    # more training videos: every later video is drawn differently, test videos included
-    more = SUBSET.model_copy(update={"train_videos": SUBSET.train_videos + 1})
-    assert not set(plan(CFG, SUBSET)["val_1.json"]) & set(plan(CFG, more)["val_1.json"])
+
+
+def test_the_test_set_is_fixed_whatever_the_training_size(tmp_path):
+    """The test videos used to come from the training videos' random stream: more training
+    videos meant other (and differently hard) test clips."""
+    def test_set(subset, folder):
+        write_sources(CFG, subset, BenchmarkPaths(folder))
+        annotations = json.loads(zipfile.ZipFile(folder / "captions.zip").read("val_1.json"))
+        return annotations, {v: (folder / "videos" / f"{v}.mp4").read_bytes() for v in annotations}
+
+    annotations, videos = test_set(SUBSET, tmp_path / "a")
+    other = SUBSET.model_copy(update={"train_videos": 9, "val_fraction": 0.5, "seed": 7})
+    assert test_set(other, tmp_path / "b") == (annotations, videos)  # same ids, same bytes
+    assert test_set(SUBSET, tmp_path / "c") == (annotations, videos)  # and the same again
+    assert len(annotations) == SUBSET.test_videos
+    lengths = [end - start for video in annotations.values() for start, end in video["timestamps"]]
+    assert sum(n <= CFG.short_s[1] for n in lengths) == len(lengths) / 2  # test_short_fraction 0.5
+    # a larger test set starts with the smaller one
+    larger = plan(CFG, SUBSET.model_copy(update={"test_videos": 6}))["val_1.json"]
+    assert list(larger)[:SUBSET.test_videos] == list(annotations)
+    # the training videos do change with the training size
+    assert set(plan(CFG, other)["train.json"]) != set(plan(CFG, SUBSET)["train.json"])
 
 
 @pytest.mark.parametrize("prediction,score", [

@@ -92,9 +92,16 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         assert len(predictions) == json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())["clips"] == 8
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
     assert sorted(summary) == sorted(runs)
-    for values in summary.values():
+    for name, values in summary.items():
         assert 0 <= values["slot_accuracy_long"] <= 1 and 0 <= values["slot_accuracy_short"] <= 1
         assert {"bleu_4", "meteor", "cider_d", "slot_accuracy_long_margin"} <= values.keys()
+        assert values["test_clips_long"] == values["test_clips_short"] == 4  # a fixed test set, half control clips
+        assert (name == "memorizing") != ("slot_accuracy_long_margin_ci95" in values)
+        # the benchmark's captions: the output layer scores only their tokens
+        vocabulary = json.loads((repo / "storage" / "models" / "finetune" / f"{name}-0" / "best" / "vocabulary.json").read_text())
+        assert 50256 in vocabulary and len(vocabulary) < 40  # the end-of-text token and the captions' few
+    verdicts = json.loads((repo / "metrics" / "hypotheses.json").read_text())
+    assert verdicts["H1"]["verdict"] in {"supported", "refuted", "inconclusive"} and verdicts["H4"]["verdict"] == "not run"
     table = (repo / "reports" / "results" / "results.md").read_text()
     assert all(f"| {name} |" in table for name in runs)
     plots = dvc("plots", "show", "--json", cwd=repo)  # drawn by the pipeline and by DVC from dvclive's logs

@@ -72,3 +72,25 @@ def test_unknown_backend_and_oversized_add_fail_clearly():
     memory = KNNMemory(1, 1, 4, 8)
     with pytest.raises(ValueError, match="capacity 8"):
         memory.add(0, torch.zeros(1, 9, 4), torch.zeros(1, 9, 4))
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss-flat"])
+def test_batched_retrieval_attends_exactly_over_each_rows_top_k(backend):
+    """retrieve_rows marks each query's top-k among all of a row's entries instead of gathering
+    them: attention with the rest masked out must equal attention over the k gathered entries,
+    also for a row that holds fewer than k entries."""
+    heads, dim, k = 2, 16, 8
+    memory = KNNMemory(3, heads, dim, 1000, backend)
+    g = torch.Generator().manual_seed(4)
+    for row, n in enumerate([120, 5, 60]):
+        memory.add(row, clustered(n, dim, seed=row)[None].expand(heads, n, dim).contiguous(),
+                   torch.randn(heads, n, dim, generator=g))
+    queries = F.normalize(torch.randn(3, heads, 6, dim, generator=g), dim=-1)
+    keys, values, selected = memory.retrieve_rows([0, 1, 2], queries, k)
+    assert selected.sum(-1).tolist() == [[[8] * 6] * 2, [[5] * 6] * 2, [[8] * 6] * 2]
+    batched = (queries @ keys.transpose(-1, -2)).masked_fill(~selected, float("-inf")).softmax(-1) @ values
+    for row in range(3):
+        top_keys, top_values = memory.retrieve(row, queries[row], k)  # [heads, q, k', dim]
+        scores = torch.einsum("hqd,hqkd->hqk", queries[row], top_keys)
+        expected = torch.einsum("hqk,hqkd->hqd", scores.softmax(-1), top_values)
+        assert torch.allclose(batched[row], expected, atol=1e-6), row

@@ -50,19 +50,44 @@ def test_the_summary_holds_means_spreads_and_the_margin_over_the_best_other_run(
     assert memorizing["slot_accuracy_long_margin"] == pytest.approx(0.5)
     assert last["slot_accuracy_long_margin"] == pytest.approx(-0.5)
     assert memorizing["bleu_4"] == pytest.approx(0.2) and memorizing["bleu_4_std"] == pytest.approx(0.1)
+    assert memorizing["test_clips_long"] == last["test_clips_long"] == 4 and last["test_clips_short"] == 2
+    low, high = last["slot_accuracy_long_margin_ci95"]  # memorizing minus last, paired by clip
+    assert low <= 0.5 <= high and "slot_accuracy_long_margin_ci95" not in memorizing
+
+    verdicts = json.loads(Layout.hypotheses.read_text())
+    assert verdicts["H1"]["compared_with"] == "last" and verdicts["H1"]["estimate"] == pytest.approx(0.5)
+    assert verdicts["H1"]["ci95"] == [low, high]
+    assert verdicts["H2"]["estimate"] == pytest.approx(0.75)  # long 0.75 of control 1.0
+    assert verdicts["H3"]["verdict"] == verdicts["H4"]["verdict"] == "not run"  # no all-frames, no random run
+    assert all(v["verdict"] in {"supported", "refuted", "inconclusive", "not run"} for v in verdicts.values())
 
     table = (Layout.results / "results.md").read_text()
     assert "over 2 seed(s)" in table
     assert "| memorizing | 0.750 ± 0.250 | 1.000 ± 0.000 |" in table and "| last | 0.250 ± 0.000 |" in table
 
+    assert "| last | +0.500 |" in table and "| H1 |" in table and "**not run**" in table
     with open(Layout.results / "slot_accuracy.csv") as f:
-        bins = {(r["run"], r["length_bin"]): float(r["slot_accuracy"]) for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    assert all(float(r["ci95_low"]) <= float(r["slot_accuracy"]) <= float(r["ci95_high"]) for r in rows)
+    bins = {(r["run"], r["length_bin"]): float(r["slot_accuracy"]) for r in rows}
     assert bins[("memorizing", "≤3 s (control)")] == 1.0
     assert bins[("memorizing", "30–60 s")] == 1.0  # the 40 s clips: right in both seeds
     assert bins[("memorizing", "90–120 s")] == 0.5  # the 100 s clips: right in seed 0 only
     assert bins[("last", "90–120 s")] == 0.0
     assert ("last", "60–90 s") not in bins  # no clip that long
     assert (Layout.results / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_scored_on_different_test_clips_are_not_compared(cfg):
+    for run in ("memorizing", "last"):
+        for seed in (0, 1):
+            evaluation(cfg, run, seed, 2, 1, 0.1)
+    path = Layout.of(cfg).evaluation("last", 1) / "predictions.json"
+    rows = json.loads(path.read_text())
+    rows[0]["video_id"] = "v_other"
+    write_json(path, rows)
+    with pytest.raises(ValueError, match="other test clips"):
+        report(cfg)
 
 
 def test_a_missing_evaluation_is_an_error_naming_the_stage(cfg):

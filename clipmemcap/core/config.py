@@ -171,6 +171,9 @@ class ModelConfig(Strict):
                     description="GPT-2 hub name, local folder, or a GPT2Config JSON (random weights)")
     tokenizer: str = Field("clipmemcap/model/gpt2_tokenizer", description="hub name or a folder with vocab.json and merges.txt")
     finetune_lm: bool = True  # false: GPT-2 frozen, only the mapper trains
+    vocabulary: Literal["full", "captions"] = Field(
+        "captions", description="captions: GPT-2's output layer scores only the tokens of the training "
+                                "(and validation) captions; full: all of GPT-2's tokens")
 
 
 # The benchmark's video mappers (2 layers of 4 heads, a prefix of 4, W = 16 frames).
@@ -238,6 +241,12 @@ class ReportConfig(Strict):
     slot_accuracy: bool = Field(True, description="score the benchmark's slots; false for ActivityNet's captions")
     length_bin_s: float = Field(10.0, gt=0.0, description="clip-length bins of the slot accuracy plot")
     run: str = Field("memorizing", description="the run whose metrics go to metrics/run.json under plain names")
+    # The pre-registered hypotheses (reports/protocol.md) name runs by their role; a run that is
+    # not in finetune.runs makes its hypothesis "not run".
+    memory_run: str = Field("memorizing", description="the run with the kNN memory; intervals are of it minus each other run")
+    baselines: tuple[str, ...] = Field(("uniform", "last", "mean"), description="fixed-window runs; H1 takes the best")
+    all_frames_run: str = Field("all-frames", description="full attention over every frame (H3)")
+    random_run: str = Field("memorizing-random", description="memorizing with random instead of top-k memories (H4)")
 
 
 class BenchmarkConfig(Strict):
@@ -245,7 +254,8 @@ class BenchmarkConfig(Strict):
     seed: int = 0
     # How many videos: activitynet.subset's train_videos, val_fraction and test_videos.
     clips_per_video: int = Field(4, ge=1, description="captioned clips back to back in each video")
-    short_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of short control clips per split")
+    short_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of short control clips in train and val")
+    test_short_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of short control clips in the test set")
     long_s: tuple[float, float] = Field((20.0, 60.0), description="long clip length range, seconds")
     short_s: tuple[float, float] = Field((2.4, 3.0), description="control clip length range: at most one chunk")
     events: int = Field(2, ge=1)

@@ -13,7 +13,7 @@
 
 and, kept in git beside ``dvc.yaml`` (DVC metrics and plots, relative to the working directory):
 
-    metrics/runs/<run>-<seed>.json, metrics/summary.json, metrics/run.json
+    metrics/runs/<run>-<seed>.json, metrics/summary.json, metrics/run.json, metrics/hypotheses.json
     reports/pretrain/, reports/finetune/<run>-<seed>/ (dvclive logs), reports/results/
 
 ``root`` is ``storage.root`` (a folder, or an object-store URL for the data flows); ``cache`` is
@@ -30,6 +30,7 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 ENCODER_SETTINGS = "_encoder.json"  # in a shard folder: the CLIP settings its shards were made with
 CLIP_SETTINGS = "clip.json"  # in a fine-tuning run's folder: the CLIP its training frames came from
+VOCABULARY = "vocabulary.json"  # beside saved weights: the token ids a restricted output layer scores
 
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -227,6 +228,7 @@ class Layout:
     results = REPORTS / "results"
     summary = METRICS / "summary.json"
     run_summary = METRICS / "run.json"
+    hypotheses = METRICS / "hypotheses.json"
 
     @staticmethod
     def finetune_logs(run: str, seed: int) -> Path:

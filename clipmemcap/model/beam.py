@@ -4,7 +4,8 @@ The beam bookkeeping follows ClipCap's reference ``generate_beam`` (log-probabil
 ranked by their mean over the tokens generated, a finished beam only extends with the stop token
 at no cost), batched over clips. ``use_cache=True`` feeds one token per step with GPT-2's KV
 cache; ``use_cache=False`` recomputes the whole sequence each step, as ClipCap's code does; both
-return the same tokens.
+return the same tokens. Scores are over the language model's vocabulary (:meth:`PrefixLM.logits`:
+all of GPT-2's tokens, or a restricted set), so a restricted model never emits another token.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ def beam_search(lm: PrefixLM, prefix: torch.Tensor, beam: int = 5, max_tokens: i
     """prefix [B, L, E] -> the best token sequence per clip, up to and including a stop token
     (the end-of-text token is always one; pass the id of "." to stop there too, as ClipCap does)."""
     gpt2, B = lm.gpt2, prefix.shape[0]
-    stops = torch.tensor(sorted({lm.eos_token_id, *stop_ids}), device=prefix.device)
+    ids = sorted({lm.eos_token_id, *stop_ids})
+    if lm.vocabulary is not None:  # a stop token the model cannot emit never ends a caption
+        ids = [t for t in ids if t in set(lm.vocabulary.tolist())]
+    # positions in the output layer, not token ids, until the end
+    stops = lm.positions(torch.tensor(ids, device=prefix.device))
     embeddings = prefix.repeat_interleave(beam, 0)  # [B*K, L, E]
     cache = DynamicCache() if use_cache else None
-    logits = gpt2(inputs_embeds=embeddings, past_key_values=cache, use_cache=use_cache).logits[:, -1]
+
+    def next_logits(**inputs) -> torch.Tensor:  # [B*K, V]
+        return lm.logits(gpt2.transformer(**inputs, past_key_values=cache, use_cache=use_cache).last_hidden_state[:, -1])
+
+    logits = next_logits(inputs_embeds=embeddings)
     tokens = torch.empty(B * beam, 0, dtype=torch.long, device=prefix.device)
     scores = torch.zeros(B * beam, device=prefix.device)  # summed log-probabilities
     lengths = torch.zeros(B * beam, device=prefix.device)
@@ -48,15 +57,16 @@ def beam_search(lm: PrefixLM, prefix: torch.Tensor, beam: int = 5, max_tokens: i
             break
         if use_cache:
             cache.reorder_cache(source)
-            logits = gpt2(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = next_logits(input_ids=lm.token_ids(token)[:, None])
         else:
-            embeddings = torch.cat([embeddings[source], gpt2.transformer.wte(token)[:, None]], 1)
-            logits = gpt2(inputs_embeds=embeddings, use_cache=False).logits[:, -1]
+            embeddings = torch.cat([embeddings[source], gpt2.transformer.wte(lm.token_ids(token))[:, None]], 1)
+            logits = next_logits(inputs_embeds=embeddings)
     winners = (scores / lengths).view(B, beam).argmax(-1) + torch.arange(B, device=prefix.device) * beam
     results = []
+    stop_list = stops.tolist()
     for row in tokens[winners].tolist():
-        end = next((i for i, t in enumerate(row) if t in stops.tolist()), len(row) - 1)
-        results.append(row[: end + 1])
+        end = next((i for i, t in enumerate(row) if t in stop_list), len(row) - 1)
+        results.append(lm.token_ids(torch.tensor(row[: end + 1], dtype=torch.long)).tolist())
     return results
 
 

@@ -3,6 +3,7 @@ trained one is loaded back from a fine-tuning run's folder."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn as nn
 
 from clipmemcap.core.config import Config
 from clipmemcap.core.devices import resolve_device
-from clipmemcap.core.layout import Layout
+from clipmemcap.core.layout import VOCABULARY, Layout
 from clipmemcap.model.mappers import load_mapper
 from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
 
@@ -55,7 +56,8 @@ def load_caption_model(cfg: Config, run_dir: Path) -> tuple[CaptionModel, object
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
     lm = gpt2_source(cfg, trained) if (trained / "gpt2").exists() else gpt2_source(cfg, Layout.of(cfg).pretrain / "best")
-    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(lm), tokenizer.eos_token_id))
+    vocabulary = json.loads((trained / VOCABULARY).read_text()) if (trained / VOCABULARY).exists() else None
+    model = CaptionModel(load_mapper(trained / "mapper"), PrefixLM(load_gpt2(lm), tokenizer.eos_token_id, vocabulary=vocabulary))
     return model.to(resolve_device(cfg.finetune.train.device)).eval(), tokenizer
 
 

@@ -126,25 +126,23 @@ class KNNMemory:
         return memory.keys[heads, slots], memory.values[heads, slots]  # slots < len(memory)
 
     def retrieve_rows(self, rows: list[int], queries: torch.Tensor, k: int):
-        """queries [R, heads, q, dim] of non-empty ``rows`` -> keys, values [R, heads, q, k', dim]
-        and found [R, heads, q, k'] (False where a row holds fewer than k' entries). With the
-        torch backend all rows are searched in one padded matmul instead of one by one."""
-        sizes = [len(self.rows[r]) for r in rows]
-        k = min(k, max(sizes))
-        if self.rows[rows[0]].backend != "torch":
-            found = [self.retrieve(r, q, k) for r, q in zip(rows, queries)]
-            pad = lambda x: F.pad(x, (0, 0, 0, k - x.shape[2]))  # noqa: E731  [heads, q, k', dim] -> k
-            mask = torch.stack([torch.arange(k, device=queries.device) < min(n, k) for n in sizes])
-            return (torch.stack([pad(keys) for keys, _ in found]), torch.stack([pad(values) for _, values in found]),
-                    mask[:, None, None, :].expand(-1, *queries.shape[1:3], -1))
-        n = max(sizes)
+        """queries [R, heads, q, dim] of non-empty ``rows`` -> every stored key and value of those
+        rows, padded, ``keys, values [R, heads, n, dim]`` (detached), and ``selected [R, heads, q,
+        n]``: True at each query's top-k entries. Attention over the n entries with the others
+        masked out is attention over the k best, without gathering them (a gather of k keys per
+        query cost more than the whole search)."""
+        sizes = torch.tensor([len(self.rows[r]) for r in rows], device=queries.device)
+        n = int(sizes.max())
+        k = min(k, n)
         pad = lambda x: F.pad(x, (0, 0, 0, n - x.shape[1]))  # noqa: E731  [heads, len, dim] -> n
         keys = torch.stack([pad(self.rows[r].keys) for r in rows])  # [R, heads, n, dim]
         values = torch.stack([pad(self.rows[r].values) for r in rows])
-        stored = torch.arange(n, device=queries.device)[None, :] < torch.tensor(sizes, device=queries.device)[:, None]
-        scores = queries.detach() @ keys.transpose(-1, -2)  # [R, heads, q, n]
-        best = scores.masked_fill(~stored[:, None, None, :], float("-inf")).topk(k, dim=-1)
-        R, H, Q, _ = best.indices.shape
-        slots = best.indices.reshape(R, H, Q * k, 1).expand(-1, -1, -1, self.settings[1])  # [R, heads, q * k', dim]
-        gather = lambda x: torch.gather(x, 2, slots).view(R, H, Q, k, -1)  # noqa: E731
-        return gather(keys), gather(values), best.values > float("-inf")
+        stored = (torch.arange(n, device=queries.device)[None, :] < sizes[:, None])[:, None, None, :]  # [R, 1, 1, n]
+        if self.rows[rows[0]].backend == "torch":  # all rows in one padded matmul
+            scores = queries.detach() @ keys.transpose(-1, -2)  # [R, heads, q, n]
+            best = scores.masked_fill(~stored, float("-inf")).topk(k, dim=-1, sorted=False).indices
+        else:  # each row's index; a row holding fewer than k entries repeats its best one
+            best = torch.stack([F.pad(self.rows[r].search(q, k), (0, k - min(k, len(self.rows[r]))), mode="replicate")
+                                if len(self.rows[r]) < k else self.rows[r].search(q, k) for r, q in zip(rows, queries)])
+        selected = torch.zeros(*queries.shape[:3], n, dtype=torch.bool, device=queries.device).scatter_(-1, best, True)
+        return keys, values, selected & stored

@@ -162,9 +162,9 @@ class KNNBlock(Block):
         out = self.attn.attend(q, *memory.local_context(k, v, key_mask))
         rows = memory.rows_with_memories()
         if rows:
-            keys, values, found = memory.store.retrieve_rows(rows, q[rows], memory.top_k)  # [R, H, T, k, d], detached
-            scores = torch.einsum("rhtd,rhtkd->rhtk", q[rows], keys) * self.attn.scale()
-            remembered = torch.einsum("rhtk,rhtkd->rhtd", scores.masked_fill(~found, float("-inf")).softmax(-1), values)
+            keys, values, selected = memory.store.retrieve_rows(rows, q[rows], memory.top_k)  # [R, H, n, d], [R, H, T, n]
+            scores = (q[rows] @ keys.transpose(-1, -2)) * self.attn.scale()  # [R, H, T, n]
+            remembered = scores.masked_fill(~selected, float("-inf")).softmax(-1) @ values  # [R, H, T, d]
             gate = torch.sigmoid(self.gate)[:, None, None]  # [H, 1, 1]
             mixed = out.clone()
             mixed[rows] = gate * remembered + (1 - gate) * out[rows]

@@ -3,11 +3,17 @@
 The loss covers the caption tokens and one final end-of-text token; prefix positions and padding
 are never targets. GPT-2 is loaded by hub name, from a local folder, or built from a config
 (random weights); it can be frozen, in which case it stays in eval mode whatever ``train()`` says.
+
+With a ``vocabulary`` (sorted token ids: the tokens of the training captions, see
+:func:`caption_vocabulary`), the output layer scores only those tokens: the same weights (rows of
+GPT-2's tied embedding), the same logits at those ids, so training and decoding can never produce
+another token. Captions that use ~20 distinct tokens then do not pay for GPT-2's 50,257-way layer,
+which is most of a small model's step. The tokenizer and GPT-2's weights are unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,14 +75,42 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def caption_vocabulary(tokenizer, captions: Iterable[str], extra: Iterable[int] = ()) -> list[int]:
+    """Sorted ids of every token of ``captions``, the end-of-text token and ``extra`` (stop ids)."""
+    ids = {tokenizer.eos_token_id, *extra}
+    for sequence in tokenizer(list(captions))["input_ids"]:
+        ids.update(sequence)
+    return sorted(ids)
+
+
 class PrefixLM(nn.Module):
-    def __init__(self, gpt2: GPT2LMHeadModel, eos_token_id: int, frozen: bool = False):
+    def __init__(self, gpt2: GPT2LMHeadModel, eos_token_id: int, frozen: bool = False,
+                 vocabulary: list[int] | None = None):
         super().__init__()
         self.gpt2, self.eos_token_id, self.frozen = gpt2, eos_token_id, frozen
         self.embed_dim = gpt2.config.n_embd
+        # [K] sorted token ids the output layer scores; None: all of GPT-2's
+        vocab = None if vocabulary is None else torch.tensor(sorted(vocabulary), dtype=torch.long)
+        if vocab is not None and eos_token_id not in vocabulary:
+            raise ValueError("a restricted vocabulary must hold the end-of-text token")
+        self.register_buffer("vocabulary", vocab, persistent=False)
         if frozen:
             self.gpt2.requires_grad_(False)
             self.gpt2.eval()
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., E] -> logits [..., K] over the vocabulary (K = V without one)."""
+        if self.vocabulary is None:
+            return self.gpt2.lm_head(hidden)
+        return F.linear(hidden, self.gpt2.lm_head.weight[self.vocabulary])
+
+    def token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Positions in :meth:`logits` -> token ids."""
+        return index if self.vocabulary is None else self.vocabulary[index]
+
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (in the vocabulary) -> their positions in :meth:`logits`."""
+        return ids if self.vocabulary is None else torch.searchsorted(self.vocabulary, ids)
 
     def train(self, mode: bool = True) -> PrefixLM:
         super().train(mode)
@@ -105,6 +139,6 @@ class PrefixLM(nn.Module):
         embeddings, attention, labels = self.inputs(prefix, tokens, token_mask)
         hidden = self.gpt2.transformer(inputs_embeds=embeddings, attention_mask=attention).last_hidden_state  # [B, S, E]
         targets = labels[:, 1:]
-        scored = targets != IGNORE  # [B, S-1]: only these positions need GPT-2's 50k-way head
-        logits = self.gpt2.lm_head(hidden[:, :-1][scored])  # [n, V]
-        return F.cross_entropy(logits, targets[scored])
+        scored = targets != IGNORE  # [B, S-1]: only these positions need the output layer
+        logits = self.logits(hidden[:, :-1][scored])  # [n, K]
+        return F.cross_entropy(logits, self.positions(targets[scored]))

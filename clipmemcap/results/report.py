@@ -3,14 +3,19 @@
 Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and seed, and writes
 
     metrics/summary.json               per run: each metric's mean over seeds and its standard
-                                       deviation (``<metric>_std``); with slot accuracy also
-                                       ``slot_accuracy_long_margin``: the run minus the best other run
+                                       deviation (``<metric>_std``); with slot accuracy also the test
+                                       clip counts (``test_clips_long``, ``test_clips_short``),
+                                       ``slot_accuracy_long_margin`` (the run minus the best other
+                                       run) and ``slot_accuracy_long_margin_ci95``: the paired 95 %
+                                       interval of ``report.memory_run`` minus the run (paired.py)
+    metrics/hypotheses.json            the verdicts of reports/protocol.md's hypotheses H1-H4
     metrics/run.json                   the entry of one run (``report.run``) under plain metric
                                        names, so that ``dvc metrics diff`` between two experiments
                                        that pick different runs lines them up (README)
     reports/results/results.md         the same as a Markdown table
-    reports/results/slot_accuracy.csv  slot accuracy per clip-length bin and run (benchmark only)
-    reports/results/plot.png           slot accuracy vs clip length (benchmark), else the metrics per run
+    reports/results/slot_accuracy.csv  slot accuracy per clip-length bin and run, with 95 % intervals
+    reports/results/plot.png           slot accuracy vs clip length with interval bands (benchmark),
+                                       else the caption metrics per run
 
 Short clips (at most ``benchmark.short_s[1]`` seconds) are the control set; every longer clip
 counts as long.
@@ -31,7 +36,8 @@ import numpy as np  # noqa: E402
 from clipmemcap.core.atomic import write_json  # noqa: E402
 from clipmemcap.core.config import Config, run_command, settings_parser  # noqa: E402
 from clipmemcap.core.layout import Layout, run_name  # noqa: E402
-from clipmemcap.results.slots import slot_accuracy  # noqa: E402
+from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci  # noqa: E402
+from clipmemcap.results.slots import clip_scores as slot_clip_scores  # noqa: E402
 
 TABLE_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d")
 
@@ -47,70 +53,177 @@ def _length_bins(cfg: Config) -> list[tuple[str, float, float]]:
     return [(f"≤{short_top:g} s (control)", 0.0, short_top), *long]
 
 
-def _slot_metrics(cfg: Config, rows: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
-    """Slot accuracy on long and short clips, and per length bin."""
-    def score(selected):
-        return slot_accuracy([(r["prediction"], r["reference"]) for r in selected], cfg.benchmark)
+class Scores:
+    """Per-clip slot scores of every run, ``[seeds, clips]``, on one list of test clips."""
 
-    short = [r for r in rows if r["end"] - r["start"] <= cfg.benchmark.short_s[1]]
-    long = [r for r in rows if r["end"] - r["start"] > cfg.benchmark.short_s[1]]
-    by_bin = {label: score([r for r in rows if low < r["end"] - r["start"] <= high])
-              for label, low, high in _length_bins(cfg)}
-    return {"slot_accuracy_long": score(long), "slot_accuracy_short": score(short)}, by_bin
+    def __init__(self, cfg: Config, predictions: dict[str, list[list[dict]]]):
+        self.tables, self.clips = {}, None
+        for run, per_seed in predictions.items():
+            rows = [sorted(seed_rows, key=lambda r: (r["video_id"], r["segment"])) for seed_rows in per_seed]
+            for seed_rows in rows:
+                clips = [(r["video_id"], r["segment"], r["end"] - r["start"]) for r in seed_rows]
+                if self.clips is None:
+                    self.clips = clips
+                elif clips != self.clips:
+                    raise ValueError(f"{run} was evaluated on other test clips than {next(iter(self.tables))}: "
+                                     "paired comparisons need the same test set (run its evaluate stages again)")
+            self.tables[run] = np.stack([slot_clip_scores([(r["prediction"], r["reference"]) for r in seed_rows],
+                                                          cfg.benchmark) for seed_rows in rows])
+        self.lengths = np.array([length for *_, length in self.clips])
+        self.short = self.lengths <= cfg.benchmark.short_s[1]
+
+    def long(self, run: str) -> np.ndarray:
+        return self.tables[run][:, ~self.short]
+
+    def control(self, run: str) -> np.ndarray:
+        return self.tables[run][:, self.short]
+
+    def in_bin(self, run: str, low: float, high: float) -> np.ndarray:
+        return self.tables[run][:, (low < self.lengths) & (self.lengths <= high)]
 
 
-def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
-    """Per run: each metric's values over seeds; and slot accuracy per length bin over seeds."""
-    metrics, bins, layout = {}, {}, Layout.of(cfg)
+def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], Scores | None]:
+    """Per run: each caption metric's values over seeds; and the per-clip slot scores."""
+    metrics, predictions, layout = {}, {}, Layout.of(cfg)
     for run in cfg.finetune.runs:
-        metrics[run], bins[run] = {}, {}
+        metrics[run], predictions[run] = {}, []
         for seed in cfg.finetune.seeds:
             path = layout.run_metrics(run, seed)
             if not path.exists():
                 raise FileNotFoundError(f"no evaluation of {run_name(run, seed)} ({path}): run its evaluate stage first")
-            values = json.loads(path.read_text())
-            if cfg.report.slot_accuracy:
-                rows = json.loads((layout.evaluation(run, seed) / "predictions.json").read_text())
-                slots, by_bin = _slot_metrics(cfg, rows)
-                values = {**slots, **values}
-                for label, value in by_bin.items():
-                    bins[run].setdefault(label, []).append(value)
-            for key, value in values.items():
+            for key, value in json.loads(path.read_text()).items():
                 metrics[run].setdefault(key, []).append(value)
-    empty = {label for per_run in bins.values() for label, values in per_run.items() if np.isnan(values).all()}
-    return metrics, {run: {k: v for k, v in per_run.items() if k not in empty} for run, per_run in bins.items()}
+            if cfg.report.slot_accuracy:
+                predictions[run].append(json.loads((layout.evaluation(run, seed) / "predictions.json").read_text()))
+    return metrics, Scores(cfg, predictions) if cfg.report.slot_accuracy else None
 
 
-def summarise(metrics: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-    summary = {run: {k: v for key, values in per_run.items()
+def summarise(cfg: Config, metrics: dict[str, dict[str, list[float]]], scores: Scores | None) -> dict[str, dict]:
+    """Per run: every metric's mean over seeds and its spread (``<metric>_std``); with slot scores
+    also the clip counts, ``slot_accuracy_long_margin`` (the run minus the best other run) and,
+    for every run but ``report.memory_run``, ``slot_accuracy_long_margin_ci95``: the paired 95 %
+    interval of memory_run minus the run on long clips."""
+    per_seed = {run: dict(values) for run, values in metrics.items()}
+    if scores is not None:
+        for run in per_seed:
+            per_seed[run] = {"slot_accuracy_long": scores.long(run).mean(1).tolist(),
+                             "slot_accuracy_short": scores.control(run).mean(1).tolist(), **per_seed[run]}
+    summary = {run: {k: v for key, values in values_of.items()
                      for k, v in ((key, float(np.mean(values))), (f"{key}_std", float(np.std(values))))}
-               for run, per_run in metrics.items()}
-    if len(summary) > 1 and all("slot_accuracy_long" in s for s in summary.values()):
-        for run, values in summary.items():
+               for run, values_of in per_seed.items()}
+    if scores is None:
+        return summary
+    memory = cfg.report.memory_run
+    for run, values in summary.items():
+        values["test_clips_long"], values["test_clips_short"] = int((~scores.short).sum()), int(scores.short.sum())
+        if len(summary) > 1:
             best_other = max(s["slot_accuracy_long"] for other, s in summary.items() if other != run)
             values["slot_accuracy_long_margin"] = values["slot_accuracy_long"] - best_other
+        if run != memory and memory in summary:
+            values["slot_accuracy_long_margin_ci95"] = difference_ci(scores.long(memory), scores.long(run))
     return summary
 
 
-def _table(summary: dict[str, dict[str, float]], seeds: int) -> str:
+def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[str, dict]:
+    """The verdicts of reports/protocol.md's hypotheses, by its decision rules: a hypothesis is
+    "supported" only when its whole 95 % interval is on its side of the line, "refuted" when the
+    whole interval is on the other side, and "inconclusive" otherwise; "not run" when a run it
+    needs is missing."""
+    rep, runs = cfg.report, set(summary)
+
+    def verdict(ci: list[float], line: float, above: bool) -> str:
+        if (ci[0] > line) if above else (ci[1] < line):
+            return "supported"
+        if (ci[1] <= line) if above else (ci[0] >= line):
+            return "refuted"
+        return "inconclusive"
+
+    def margin(a: str, b: str, line: float, above: bool) -> dict:
+        estimate = summary[a]["slot_accuracy_long"] - summary[b]["slot_accuracy_long"]
+        ci = difference_ci(scores.long(a), scores.long(b))
+        return {"estimate": round(estimate, 6), "ci95": ci, "verdict": verdict(ci, line, above)}
+
+    memory, out = rep.memory_run, {}
+    baselines = [run for run in rep.baselines if run in runs]
+    if memory in runs and baselines:
+        best = max(baselines, key=lambda run: summary[run]["slot_accuracy_long"])
+        out["H1"] = {"claim": f"{memory} beats the best fixed-window run ({best}) on long clips",
+                     "compared_with": best, **margin(memory, best, 0.0, True)}
+    else:
+        out["H1"] = {"claim": f"{memory} beats the best fixed-window run on long clips", "verdict": "not run"}
+    if memory in runs:
+        ratio = summary[memory]["slot_accuracy_long"] / max(summary[memory]["slot_accuracy_short"], 1e-9)
+        ci = ratio_ci(scores.long(memory), scores.control(memory))
+        out["H2"] = {"claim": f"{memory} keeps at least 90 % of its control accuracy on long clips",
+                     "estimate": round(ratio, 6), "ci95": ci, "verdict": verdict(ci, 0.9, True)}
+    else:
+        out["H2"] = {"claim": f"{memory} keeps at least 90 % of its control accuracy on long clips", "verdict": "not run"}
+    claims = {"H3": (rep.all_frames_run, f"{memory} is within 5 points of {rep.all_frames_run} on long clips",
+                     -0.05, True),
+              "H4": (rep.random_run, f"top-k retrieval beats random retrieval ({rep.random_run}) on long clips",
+                     0.0, True)}
+    for name, (other, claim, line, above) in claims.items():
+        out[name] = {"claim": claim, **margin(memory, other, line, above)} if {memory, other} <= runs else \
+            {"claim": claim, "verdict": "not run"}
+    return out
+
+
+def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
     columns = [c for c in ("slot_accuracy_long", "slot_accuracy_short", *TABLE_METRICS) if c in next(iter(summary.values()))]
     lines = [f"Mean ± standard deviation over {seeds} seed(s); corpus-level caption metrics.", "",
              "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for run, values in summary.items():
         cells = [f"{values[c]:.3f} ± {values[c + '_std']:.3f}" for c in columns]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    margins = {run: v for run, v in summary.items() if "slot_accuracy_long_margin_ci95" in v}
+    if margins:
+        some = next(iter(summary.values()))
+        lines += ["", f"Long-clip slot accuracy of {memory} minus each other run, on the same "
+                      f"{some['test_clips_long']} long test clips ({some['test_clips_short']} control clips): "
+                      "paired bootstrap 95 % interval (clips and seeds resampled).", "",
+                  "| run | margin | 95 % interval |", "|---|---|---|"]
+        for run, values in margins.items():
+            low, high = values["slot_accuracy_long_margin_ci95"]
+            margin = summary[memory]["slot_accuracy_long"] - values["slot_accuracy_long"]
+            lines.append(f"| {run} | {margin:+.3f} | [{low:+.3f}, {high:+.3f}] |")
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: Path, summary: dict, bins: dict[str, dict[str, list[float]]]) -> None:
+def _hypotheses_table(verdicts: dict[str, dict]) -> str:
+    lines = ["", "Pre-registered hypotheses (reports/protocol.md):", "",
+             "| | claim | estimate | 95 % interval | verdict |", "|---|---|---|---|---|"]
+    for name, h in verdicts.items():
+        ci = f"[{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" if "ci95" in h else ""
+        estimate = f"{h['estimate']:+.3f}" if "estimate" in h else ""
+        lines.append(f"| {name} | {h['claim']} | {estimate} | {ci} | **{h['verdict']}** |")
+    return "\n".join(lines) + "\n"
+
+
+def _bins(cfg: Config, scores: Scores) -> dict[str, dict[str, tuple[float, float, list[float]]]]:
+    """Per run and clip-length bin: mean and spread over seeds, and the 95 % interval."""
+    out = {}
+    for run in scores.tables:
+        out[run] = {}
+        for label, low, high in _length_bins(cfg):
+            table = scores.in_bin(run, low, high)
+            if table.shape[1]:
+                per_seed = table.mean(1)
+                out[run][label] = (float(per_seed.mean()), float(per_seed.std()), mean_ci(table))
+    return out
+
+
+def _plot(path: Path, summary: dict, bins: dict) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    if any(bins.values()):
+    if bins:
         labels = list(next(iter(bins.values())))
         for run, per_bin in bins.items():
-            ax.errorbar(range(len(labels)), [np.mean(per_bin[label]) for label in labels],
-                        yerr=[np.std(per_bin[label]) for label in labels], marker="o", capsize=3, label=run)
+            means = [per_bin[label][0] for label in labels]
+            line, = ax.plot(range(len(labels)), means, marker="o", label=run)
+            ax.fill_between(range(len(labels)), [per_bin[label][2][0] for label in labels],
+                            [per_bin[label][2][1] for label in labels], color=line.get_color(), alpha=0.15)
         ax.set_xticks(range(len(labels)), labels, rotation=20)
-        ax.set(xlabel="clip length", ylabel="slot accuracy", ylim=(0, 1.02), title="Slot accuracy vs clip length")
+        ax.set(xlabel="clip length", ylabel="slot accuracy (band: 95 % interval)", ylim=(0, 1.02),
+               title="Slot accuracy vs clip length")
     else:
         runs = list(summary)
         for i, metric in enumerate(TABLE_METRICS):
@@ -128,19 +241,26 @@ def _plot(path: Path, summary: dict, bins: dict[str, dict[str, list[float]]]) ->
 def report(cfg: Config) -> dict:
     if cfg.report.run not in cfg.finetune.runs:
         raise ValueError(f"report.run {cfg.report.run!r} is not one of finetune.runs ({', '.join(cfg.finetune.runs)})")
-    metrics, bins = collect(cfg)
-    summary = summarise(metrics)
+    metrics, scores = collect(cfg)
+    summary = summarise(cfg, metrics, scores)
     write_json(Layout.summary, summary)
     write_json(Layout.run_summary, summary[cfg.report.run])
     out_dir = Layout.results
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.md").write_text(_table(summary, len(cfg.finetune.seeds)))
+    text = _table(summary, len(cfg.finetune.seeds), cfg.report.memory_run)
+    bins = {}
+    if scores is not None:
+        verdicts = hypotheses(cfg, summary, scores)
+        write_json(Layout.hypotheses, verdicts)
+        text += _hypotheses_table(verdicts)
+        bins = _bins(cfg, scores)
+    (out_dir / "results.md").write_text(text)
     with open(out_dir / "slot_accuracy.csv", "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["length_bin", "run", "slot_accuracy", "slot_accuracy_std"])
+        writer.writerow(["length_bin", "run", "slot_accuracy", "slot_accuracy_std", "ci95_low", "ci95_high"])
         for run, per_bin in bins.items():
-            for label, values in per_bin.items():
-                writer.writerow([label, run, f"{np.mean(values):.4f}", f"{np.std(values):.4f}"])
+            for label, (mean, std, (low, high)) in per_bin.items():
+                writer.writerow([label, run, f"{mean:.4f}", f"{std:.4f}", f"{low:.4f}", f"{high:.4f}"])
     _plot(out_dir / "plot.png", summary, bins)
     return summary
 

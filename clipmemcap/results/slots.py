@@ -18,11 +18,17 @@ def slots(caption: str, cfg: BenchmarkConfig) -> list[tuple[str, str]]:
     return re.findall(pattern, caption.lower())
 
 
-def slot_accuracy(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> float:
-    """Mean over (prediction, reference) pairs of the fraction of the reference's slots that the
+def clip_scores(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> np.ndarray:
+    """For each (prediction, reference) pair, the fraction of the reference's slots that the
     prediction names with the right colour and shape at the right position."""
     scores = []
     for prediction, reference in pairs:
         want, got = slots(reference, cfg), slots(prediction, cfg)
         scores.append(sum(i < len(got) and got[i] == slot for i, slot in enumerate(want)) / len(want))
-    return float(np.mean(scores)) if scores else float("nan")
+    return np.array(scores, dtype=np.float64)
+
+
+def slot_accuracy(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> float:
+    """The mean of :func:`clip_scores`."""
+    scores = clip_scores(pairs, cfg)
+    return float(scores.mean()) if len(scores) else float("nan")

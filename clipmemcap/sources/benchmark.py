@@ -130,24 +130,33 @@ def write_video(path: Path, video: BenchmarkVideo, size: int) -> None:
     encode_mp4(path, frames, size, size, video.fps, crf=20, options=("-threads", "1"))
 
 
-def _video_id(cfg: BenchmarkConfig, counts: dict[str, int], split: str, index: int) -> str:
-    """One random stream draws every video in turn, so a video's content depends on the settings
-    and on how many videos each file holds, not only on its own place."""
-    digest = hashlib.sha256(f"{VERSION}|{cfg.model_dump_json()}|{sorted(counts.items())}|{split}|{index}".encode()).hexdigest()
-    return f"v_{digest[:11]}"
+# What a video's pictures depend on: every benchmark setting but the pre-training images'.
+_VIDEO_SETTINGS = {"pretrain_images"}
+
+
+def _video_id(cfg: BenchmarkConfig, file: str, index: int) -> str:
+    """Each file draws its videos from its own random stream, so a video's content depends on the
+    settings, its file and its place in it, never on how many videos a file holds."""
+    settings = cfg.model_dump_json(exclude=_VIDEO_SETTINGS)
+    return f"v_{hashlib.sha256(f'{VERSION}|{settings}|{file}|{index}'.encode()).hexdigest()[:11]}"
 
 
 def plan(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[str, dict[str, BenchmarkVideo]]:
     """Videos per annotation file, as many as the ActivityNet subset settings ask for:
     ``train.json`` (train and val videos) and ``val_1.json`` (test videos). Every
-    ``1 / short_fraction``-th clip of a file is a short control clip. Clip lengths are whole
-    video frames, so segment boundaries fall between frames."""
-    rng = random.Random(cfg.seed)
-    counts = {"train.json": subset.train_videos + math.ceil(subset.val_fraction * subset.train_videos),
-              "val_1.json": subset.test_videos}
-    every = round(1 / cfg.short_fraction) if cfg.short_fraction else 0
+    ``1 / short_fraction``-th clip of ``train.json`` (``1 / test_short_fraction``-th of
+    ``val_1.json``) is a short control clip. Clip lengths are whole video frames, so segment
+    boundaries fall between frames.
+
+    The test file is a fixed test set: its own random stream, so the same test videos (same ids,
+    same bytes) whatever the training size or any training setting; ``test_videos`` only says how
+    many of them, and a larger test set starts with the smaller one."""
+    counts = {"train.json": (subset.train_videos + math.ceil(subset.val_fraction * subset.train_videos),
+                             cfg.short_fraction, cfg.seed),
+              "val_1.json": (subset.test_videos, cfg.test_short_fraction, f"{cfg.seed}:val_1.json")}
     files: dict[str, dict[str, BenchmarkVideo]] = {}
-    for name, count in counts.items():
+    for name, (count, short_fraction, seed) in counts.items():
+        rng, every = random.Random(seed), round(1 / short_fraction) if short_fraction else 0
         files[name], index = {}, 0
         for number in range(count):
             clips = []
@@ -156,7 +165,7 @@ def plan(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[str, dict[str, Benc
                 duration = round(rng.uniform(low, high) * cfg.video_fps) / cfg.video_fps
                 clips.append(Clip(rng, duration, cfg))
                 index += 1
-            files[name][_video_id(cfg, counts, name, number)] = BenchmarkVideo(clips, cfg.video_fps)
+            files[name][_video_id(cfg, name, number)] = BenchmarkVideo(clips, cfg.video_fps)
     return files
 
 

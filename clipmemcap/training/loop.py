@@ -1,6 +1,6 @@
 """Training: a mapper (and GPT-2, unless frozen) on caption batches, resumable to the step.
 
-AdamW; linear warm-up over a fraction of all steps, then linear decay (as ClipCap's schedule);
+AdamW (fused); linear warm-up over a fraction of all steps, then linear decay (as ClipCap's schedule);
 gradient clipping; bf16 autocast on a GPU; a seeded data order per epoch; validation loss after
 each epoch, the best epoch kept. ``out/`` holds:
 
@@ -30,6 +30,7 @@ from clipmemcap.core.atomic import write_json
 from clipmemcap.training.datasets import collate, epoch_order, prefetch
 from clipmemcap.core.devices import resolve_device
 from clipmemcap.core.config import TrainConfig
+from clipmemcap.core.layout import VOCABULARY
 from clipmemcap.model.captioner import CaptionModel
 from clipmemcap.model.mappers import load_mapper, save_mapper
 from clipmemcap.model.prefix_lm import load_gpt2, save_gpt2
@@ -38,12 +39,15 @@ log = logging.getLogger(__name__)
 
 
 def save_weights(model: CaptionModel, folder: Path) -> None:
-    """Mapper always; GPT-2 only when it is trained (a frozen one is the input model)."""
+    """Mapper always; GPT-2 only when it is trained (a frozen one is the input model); the
+    output layer's restricted vocabulary, when it has one."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_mapper(model.mapper, tmp / "mapper")
     if not model.lm.frozen:
         save_gpt2(model.lm.gpt2, tmp / "gpt2")
+    if model.lm.vocabulary is not None:
+        write_json(tmp / VOCABULARY, model.lm.vocabulary.tolist())
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -108,7 +112,8 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
     model.to(device).train()
     torch.manual_seed(cfg.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for every tensor's update (CPU and CUDA), which matters once the step is small
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, max(1, round(cfg.warmup_fraction * total))))

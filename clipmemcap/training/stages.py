@@ -20,21 +20,32 @@ import torch
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.config import Config, run_command, settings_parser
 from clipmemcap.core.layout import CLIP_SETTINGS, Layout, read_manifest
-from clipmemcap.model.captioner import CaptionModel, gpt2_source
+from clipmemcap.model.captioner import CaptionModel, gpt2_source, stop_ids
 from clipmemcap.model.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
-from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
+from clipmemcap.model.prefix_lm import PrefixLM, caption_vocabulary, load_gpt2, load_tokenizer
 from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, frame_statistics
 from clipmemcap.training.loop import train
 
 log = logging.getLogger(__name__)
 
 
-def _model(cfg: Config, mapper: str, overrides: dict, seed: int, dataset: Path, gpt2, tokenizer) -> CaptionModel:
+def _vocabulary(cfg: Config, tokenizer, *datasets) -> list[int] | None:
+    """The tokens the output layer scores (``model.vocabulary``): those of the stage's training
+    and validation captions and the stop tokens, or all of GPT-2's (None)."""
+    if cfg.model.vocabulary == "full":
+        return None
+    captions = (row["caption"] for data in datasets for row in data.rows)
+    return caption_vocabulary(tokenizer, captions, stop_ids(cfg, tokenizer))
+
+
+def _model(cfg: Config, mapper: str, overrides: dict, seed: int, dataset: Path, gpt2, tokenizer,
+           vocabulary: list[int] | None) -> CaptionModel:
     gpt2 = load_gpt2(gpt2)
     clip_dim = read_manifest(dataset)["clip"]["embed_dim"]
     mapper_cfg = MapperConfig.load(mapper, **{**overrides, "clip_dim": clip_dim, "embed_dim": gpt2.config.n_embd})
     torch.manual_seed(seed)
-    return CaptionModel(build_mapper(mapper_cfg), PrefixLM(gpt2, tokenizer.eos_token_id, frozen=not cfg.model.finetune_lm))
+    lm = PrefixLM(gpt2, tokenizer.eos_token_id, frozen=not cfg.model.finetune_lm, vocabulary=vocabulary)
+    return CaptionModel(build_mapper(mapper_cfg), lm)
 
 
 def _fingerprint(cfg: Config, model: CaptionModel, dataset: Path) -> dict:
@@ -47,15 +58,17 @@ def pretrain(cfg: Config) -> dict:
     layout, stage = Layout.of(cfg), cfg.pretrain
     coco = layout.coco
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model = _model(cfg, stage.mapper, stage.mapper_overrides, stage.train.seed, coco.out, cfg.model.lm, tokenizer)
-    train_data = CocoCaptions(coco, stage.train_splits)
+    train_data, val_data = CocoCaptions(coco, stage.train_splits), CocoCaptions(coco, stage.val_splits)
+    model = _model(cfg, stage.mapper, stage.mapper_overrides, stage.train.seed, coco.out, cfg.model.lm, tokenizer,
+                   _vocabulary(cfg, tokenizer, train_data, val_data))
     if isinstance(model.mapper, VideoTransformer):  # ClipCap's image mappers take raw embeddings
         model.mapper.set_frame_statistics(*frame_statistics(train_data))
-    return train(model, train_data, CocoCaptions(coco, stage.val_splits), tokenizer, stage.train, layout.pretrain,
+    return train(model, train_data, val_data, tokenizer, stage.train, layout.pretrain,
                  live_dir=layout.pretrain_logs, fingerprint=_fingerprint(cfg, model, coco.out))
 
 
-def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None) -> tuple[CaptionModel, list[str]]:
+def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None,
+                           vocabulary: list[int] | None = None) -> tuple[CaptionModel, list[str]]:
     """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
     there), and every mapper tensor that the pre-trained mapper shares by name and shape."""
     layout = Layout.of(cfg)
@@ -64,7 +77,8 @@ def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None) -> 
         raise FileNotFoundError(f"no pre-trained model in {pretrained}: run the pretrain stage first")
     tokenizer = tokenizer or load_tokenizer(cfg.model.tokenizer)
     mapper, overrides, _ = cfg.finetune.run(run, seed)
-    model = _model(cfg, mapper, overrides, seed, layout.activitynet.out, gpt2_source(cfg, pretrained), tokenizer)
+    model = _model(cfg, mapper, overrides, seed, layout.activitynet.out, gpt2_source(cfg, pretrained), tokenizer,
+                   vocabulary)
     copied = load_shared(model.mapper, load_mapper(pretrained / "mapper").state_dict())
     if not copied:
         raise ValueError(f"the pre-trained {pretrained / 'mapper'} shares no weights with {mapper}")
@@ -76,8 +90,9 @@ def finetune(cfg: Config, run: str, seed: int) -> dict:
     layout = Layout.of(cfg)
     data, out = layout.activitynet, layout.finetune(run, seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model, _ = initial_finetune_model(cfg, run, seed, tokenizer)
-    metrics = train(model, ActivityNetClips(data, "train"), ActivityNetClips(data, "val"), tokenizer,
+    train_data, val_data = ActivityNetClips(data, "train"), ActivityNetClips(data, "val")
+    model, _ = initial_finetune_model(cfg, run, seed, tokenizer, _vocabulary(cfg, tokenizer, train_data, val_data))
+    metrics = train(model, train_data, val_data, tokenizer,
                     cfg.finetune.run(run, seed)[2], out, live_dir=layout.finetune_logs(run, seed),
                     fingerprint=_fingerprint(cfg, model, data.out))
     # The CLIP settings the model was trained on travel with it: `clipmemcap caption` refuses
