@@ -93,6 +93,18 @@ def test_the_preset_is_an_overlay_that_clipmemcap_preset_writes_into_params(tmp_
     assert "random weights: no model hub here" not in text  # ... but not those of replaced values
 
 
+def test_the_study_preset_holds_every_pre_registered_run_on_a_test_set_with_the_defaults_clips(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    study = apply_preset(tmp_path / "params.yaml", ROOT / "presets" / "study.yaml")
+    default = load_config(ROOT / "params.yaml")
+    rep = study.report
+    needed = {rep.memory_run, rep.all_frames_run, rep.random_run, *rep.baselines}
+    assert needed == set(study.finetune.runs)  # every hypothesis can be decided
+    assert study.activitynet.subset.test_videos >= 250 and study.benchmark == default.benchmark  # >= 500 + 500 clips
+    assert study.finetune.train.patience and study.finetune.seeds == default.finetune.seeds
+    assert study.activitynet.subset.model_copy(update={"test_videos": 25}) == default.activitynet.subset
+
+
 def test_a_preset_naming_an_unknown_setting_is_an_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("clip: {modle: ViT-B-32}\n")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")

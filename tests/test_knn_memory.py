@@ -94,3 +94,19 @@ def test_batched_retrieval_attends_exactly_over_each_rows_top_k(backend):
         scores = torch.einsum("hqd,hqkd->hqk", queries[row], top_keys)
         expected = torch.einsum("hqk,hqkd->hqd", scores.softmax(-1), top_values)
         assert torch.allclose(batched[row], expected, atol=1e-6), row
+
+
+def test_random_retrieval_reads_k_stored_entries_whatever_the_query():
+    """The ablation of content-based retrieval: the same number of memories, chosen at random."""
+    memory = KNNMemory(2, 1, 16, 1000, retrieval="random")
+    keys = clustered(50, 16)[None]
+    memory.add(0, keys, keys)
+    memory.add(1, keys[:, :3], keys[:, :3])
+    queries = keys[None, :, :10].expand(2, -1, -1, -1)  # each query is a stored key
+    _, _, selected = memory.retrieve_rows([0, 1], queries, 8)
+    assert selected[0].sum(-1).eq(8).all() and selected[1].sum(-1).eq(3).all()  # k, or all a row holds
+    assert not selected[1, :, :, 3:].any()  # never an empty slot
+    own = selected[0, 0, torch.arange(10), torch.arange(10)]  # did a query pick its own (best) key?
+    assert own.float().mean() < 0.6  # top-k always would; random picks it 8 times in 50
+    _, _, again = memory.retrieve_rows([0, 1], queries, 8)
+    assert not torch.equal(again, selected)  # drawn afresh each time

@@ -9,19 +9,30 @@ from clipmemcap.core.atomic import write_json
 from clipmemcap.core.config import load_config
 from clipmemcap.core.layout import Layout
 from clipmemcap.results.report import report
+from clipmemcap.sources.benchmark import plan
 from conftest import ROOT
 
 REFERENCE = "a red circle, then a blue square."
 
 
+def benchmark_clips(cfg) -> list[tuple[str, int, float, float]]:
+    """Six clips of the benchmark's test set (video, segment, start, end): two of 30-60 s, two of
+    90-120 s, two control clips."""
+    videos = plan(cfg.benchmark, cfg.activitynet.subset)["val_1.json"]
+    clips = [(video_id, i, float(video.starts[i]), float(video.starts[i + 1]))
+             for video_id, video in videos.items() for i in range(len(video.clips))]
+    pick = lambda low, high: [c for c in clips if low < c[3] - c[2] <= high][:2]  # noqa: E731
+    return pick(30, 60) + pick(90, 120) + pick(0, 3)
+
+
 def evaluation(cfg, run, seed, right_long: int, right_short: int, bleu: float):
-    """What an evaluate stage leaves: 4 long clips (40 s and 100 s) and 2 short ones, of which the
-    first ``right_*`` are captioned right and the rest with the events swapped."""
+    """What an evaluate stage leaves: 4 long clips and 2 short ones, of which the first
+    ``right_*`` are captioned right and the rest with the events swapped."""
     rows = []
-    for i, duration in enumerate([40.0, 40.0, 100.0, 100.0, 2.8, 2.8]):
-        right = i < right_long if duration > 3 else i - 4 < right_short
+    for i, (video_id, segment, start, end) in enumerate(benchmark_clips(cfg)):
+        right = i < right_long if i < 4 else i - 4 < right_short
         prediction = REFERENCE if right else "a blue square, then a red circle."
-        rows.append({"video_id": f"v_{i}", "segment": 0, "start": 0.0, "end": duration, "frames": int(duration * 5),
+        rows.append({"video_id": video_id, "segment": segment, "start": start, "end": end, "frames": int((end - start) * 5),
                      "prediction": prediction, "reference": REFERENCE})
     write_json(Layout.of(cfg).evaluation(run, seed) / "predictions.json", rows)
     write_json(Layout.run_metrics(run, seed), {"bleu_4": bleu, "meteor": 0.2, "rouge_l": 0.3, "cider_d": 0.4, "clips": 6})
@@ -65,6 +76,9 @@ def test_the_summary_holds_means_spreads_and_the_margin_over_the_best_other_run(
     assert "over 2 seed(s)" in table
     assert "| memorizing | 0.750 ± 0.250 | 1.000 ± 0.000 |" in table and "| last | 0.250 ± 0.000 |" in table
 
+    # ceilings: memorizing sees every frame; `last` its last 16 of a long clip; both see a control clip whole
+    assert memorizing["slot_accuracy_long_ceiling"] == 1.0 and 0 <= last["slot_accuracy_long_ceiling"] < 1
+    assert memorizing["slot_accuracy_short_ceiling"] == last["slot_accuracy_short_ceiling"] == 1.0
     assert "| last | +0.500 |" in table and "| H1 |" in table and "**not run**" in table
     with open(Layout.results / "slot_accuracy.csv") as f:
         rows = list(csv.DictReader(f))
@@ -84,7 +98,7 @@ def test_runs_scored_on_different_test_clips_are_not_compared(cfg):
             evaluation(cfg, run, seed, 2, 1, 0.1)
     path = Layout.of(cfg).evaluation("last", 1) / "predictions.json"
     rows = json.loads(path.read_text())
-    rows[0]["video_id"] = "v_other"
+    rows[0]["segment"] = 3
     write_json(path, rows)
     with pytest.raises(ValueError, match="other test clips"):
         report(cfg)

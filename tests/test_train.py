@@ -130,3 +130,20 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     train(fresh, data, data, TOKENIZER, CFG, tmp_path / "fresh", fingerprint={"mapper": "b"})
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, other.state_dict()[key]), key
+
+
+def test_training_stops_when_validation_stops_improving_and_stays_stopped(tmp_path):
+    """patience: a run stops once that many epochs pass without a lower validation loss (here
+    it over-fits 12 clips with random captions); run again, it does not train further."""
+    cfg = CFG.model_copy(update={"epochs": 30, "lr": 1e-2, "patience": 2, "checkpoint_every": 1000})
+    steps = []
+    best = train(model(), clips(12, 1), clips(8, 2), TOKENIZER, cfg, tmp_path / "run", on_step=steps.append)
+    per_epoch = 3
+    assert best["stopped_early"] and steps[-1] < 30 * per_epoch  # stopped before the budget ran out
+    assert steps[-1] // per_epoch - 1 == best["epoch"] + 2  # two epochs after the best one
+    with open(tmp_path / "run" / "dvclive" / "plots" / "metrics" / "val" / "loss.tsv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
+    assert len(losses) == best["epoch"] + 3 and min(losses) == losses[best["epoch"]] == best["val_loss"]
+    again = []
+    assert train(model(), clips(12, 1), clips(8, 2), TOKENIZER, cfg, tmp_path / "run", on_step=again.append) == best
+    assert again == []  # resumed, and nothing left to do

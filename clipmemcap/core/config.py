@@ -163,6 +163,8 @@ class TrainConfig(Strict):
     max_tokens: int = Field(16, ge=1, description="caption tokens kept per sample")
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a lower "
+                                                         "validation loss; null: train every epoch")
     device: str = "auto"
 
 
@@ -244,7 +246,8 @@ class ReportConfig(Strict):
     # The pre-registered hypotheses (reports/protocol.md) name runs by their role; a run that is
     # not in finetune.runs makes its hypothesis "not run".
     memory_run: str = Field("memorizing", description="the run with the kNN memory; intervals are of it minus each other run")
-    baselines: tuple[str, ...] = Field(("uniform", "last", "mean"), description="fixed-window runs; H1 takes the best")
+    baselines: tuple[str, ...] = Field(("uniform", "last", "mean", "uniform-64"),
+                                       description="fixed-window runs; H1 takes the best")
     all_frames_run: str = Field("all-frames", description="full attention over every frame (H3)")
     random_run: str = Field("memorizing-random", description="memorizing with random instead of top-k memories (H4)")
 

@@ -103,11 +103,12 @@ class KNNMemory:
     """One memory per batch row; see the module docstring."""
 
     def __init__(self, batch: int, heads: int, dim: int, capacity: int, backend: str = "torch",
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", retrieval: str = "top-k"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown kNN memory backend {backend!r}; choose one of {BACKENDS}")
         self.rows = [_RowMemory(heads, dim, capacity, backend, torch.device(device)) for _ in range(batch)]
         self.settings = (heads, dim, capacity, backend, torch.device(device))
+        self.retrieval = retrieval  # "random": k stored entries drawn at random, whatever the query
 
     def reset(self, row: int) -> None:
         self.rows[row] = _RowMemory(*self.settings)
@@ -138,7 +139,10 @@ class KNNMemory:
         keys = torch.stack([pad(self.rows[r].keys) for r in rows])  # [R, heads, n, dim]
         values = torch.stack([pad(self.rows[r].values) for r in rows])
         stored = (torch.arange(n, device=queries.device)[None, :] < sizes[:, None])[:, None, None, :]  # [R, 1, 1, n]
-        if self.rows[rows[0]].backend == "torch":  # all rows in one padded matmul
+        if self.retrieval == "random":  # the ablation: stored entries ranked at random (torch's RNG)
+            ranks = torch.rand(*queries.shape[:3], n, device=queries.device)
+            best = ranks.masked_fill(~stored, -1.0).topk(k, dim=-1, sorted=False).indices
+        elif self.rows[rows[0]].backend == "torch":  # all rows in one padded matmul
             scores = queries.detach() @ keys.transpose(-1, -2)  # [R, heads, q, n]
             best = scores.masked_fill(~stored, float("-inf")).topk(k, dim=-1, sorted=False).indices
         else:  # each row's index; a row holding fewer than k entries repeats its best one

@@ -55,6 +55,7 @@ class MapperConfig:
     # ActivityNet video (755 s) whole, and bound the exact search, so cost stays linear in length.
     memory_capacity: int = 4_096
     memory_backend: str = "torch"
+    retrieval: str = "top-k"  # memorizing: "random" reads k random memories (the ablation of content-based retrieval)
     xl_cache: bool = False  # memorizing: local attention in the kNN layer also sees the previous chunk
 
     def __post_init__(self):
@@ -65,6 +66,8 @@ class MapperConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
         if self.frame_policy not in ("uniform", "last", "mean"):
             raise ValueError(f"unknown frame policy {self.frame_policy!r}; choose uniform, last or mean")
+        if self.retrieval not in ("top-k", "random"):
+            raise ValueError(f"unknown retrieval {self.retrieval!r}; choose top-k or random")
         if self.memory_capacity < self.window:
             raise ValueError(f"memory_capacity {self.memory_capacity} is smaller than one window ({self.window})")
 
@@ -365,7 +368,7 @@ class MemorizingMapper(VideoTransformer):
     def new_memory(self, batch: int, device) -> KNNMemory:
         cfg = self.cfg
         return KNNMemory(batch, cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity,
-                         cfg.memory_backend, device)
+                         cfg.memory_backend, device, cfg.retrieval)
 
     def forward(self, frames, times, lengths, store: KNNMemory | None = None) -> torch.Tensor:
         """``store``: a memory to reuse (its rows are reset: each call starts new clips)."""

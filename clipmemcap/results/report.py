@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from clipmemcap.core.atomic import write_json  # noqa: E402
 from clipmemcap.core.config import Config, run_command, settings_parser  # noqa: E402
 from clipmemcap.core.layout import Layout, run_name  # noqa: E402
+from clipmemcap.results.ceilings import ceilings  # noqa: E402
 from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci  # noqa: E402
 from clipmemcap.results.slots import clip_scores as slot_clip_scores  # noqa: E402
 
@@ -57,19 +58,18 @@ class Scores:
     """Per-clip slot scores of every run, ``[seeds, clips]``, on one list of test clips."""
 
     def __init__(self, cfg: Config, predictions: dict[str, list[list[dict]]]):
-        self.tables, self.clips = {}, None
+        self.tables, self.rows, first = {}, None, None  # rows: the clips (one evaluation's rows, sorted)
         for run, per_seed in predictions.items():
             rows = [sorted(seed_rows, key=lambda r: (r["video_id"], r["segment"])) for seed_rows in per_seed]
             for seed_rows in rows:
-                clips = [(r["video_id"], r["segment"], r["end"] - r["start"]) for r in seed_rows]
-                if self.clips is None:
-                    self.clips = clips
-                elif clips != self.clips:
-                    raise ValueError(f"{run} was evaluated on other test clips than {next(iter(self.tables))}: "
-                                     "paired comparisons need the same test set (run its evaluate stages again)")
+                if self.rows is None:
+                    self.rows, first = seed_rows, run
+                elif [(r["video_id"], r["segment"]) for r in seed_rows] != [(r["video_id"], r["segment"]) for r in self.rows]:
+                    raise ValueError(f"{run} was evaluated on other test clips than {first}: paired comparisons "
+                                     "need the same test set (run its evaluate stages again)")
             self.tables[run] = np.stack([slot_clip_scores([(r["prediction"], r["reference"]) for r in seed_rows],
                                                           cfg.benchmark) for seed_rows in rows])
-        self.lengths = np.array([length for *_, length in self.clips])
+        self.lengths = np.array([r["end"] - r["start"] for r in self.rows])
         self.short = self.lengths <= cfg.benchmark.short_s[1]
 
     def long(self, run: str) -> np.ndarray:
@@ -121,6 +121,9 @@ def summarise(cfg: Config, metrics: dict[str, dict[str, list[float]]], scores: S
             values["slot_accuracy_long_margin"] = values["slot_accuracy_long"] - best_other
         if run != memory and memory in summary:
             values["slot_accuracy_long_margin_ci95"] = difference_ci(scores.long(memory), scores.long(run))
+    for run, per_clip in ceilings(cfg, scores.rows).items():
+        summary[run]["slot_accuracy_long_ceiling"] = float(per_clip[~scores.short].mean())
+        summary[run]["slot_accuracy_short_ceiling"] = float(per_clip[scores.short].mean())
     return summary
 
 
@@ -175,6 +178,12 @@ def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
     for run, values in summary.items():
         cells = [f"{values[c]:.3f} ± {values[c + '_std']:.3f}" for c in columns]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    if "slot_accuracy_long_ceiling" in next(iter(summary.values())):
+        lines += ["", "Ceilings: the slot accuracy of a perfect recogniser that sees what the run sees "
+                      "(the events on its frames, in order; `mean` keeps no order).", "",
+                  "| run | long clips | control clips |", "|---|---|---|"]
+        lines += [f"| {run} | {v['slot_accuracy_long_ceiling']:.3f} | {v['slot_accuracy_short_ceiling']:.3f} |"
+                  for run, v in summary.items()]
     margins = {run: v for run, v in summary.items() if "slot_accuracy_long_margin_ci95" in v}
     if margins:
         some = next(iter(summary.values()))

@@ -2,7 +2,8 @@
 
 AdamW (fused); linear warm-up over a fraction of all steps, then linear decay (as ClipCap's schedule);
 gradient clipping; bf16 autocast on a GPU; a seeded data order per epoch; validation loss after
-each epoch, the best epoch kept. ``out/`` holds:
+each epoch, the best epoch kept; with ``patience``, training stops once that many epochs pass
+without a lower validation loss. ``out/`` holds:
 
     last/     mapper (config.json + model.safetensors), GPT-2 if trained, state.pt (optimizer,
               scheduler, step, RNG; loaded with ``weights_only=True``)
@@ -158,7 +159,8 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
                 yield collate([train_data[i] for i in chosen], tokenizer, cfg.max_tokens)
 
     progress = tqdm(total=total, initial=step, desc="train", unit="step")
-    for batch in prefetch(batches(step)):
+    stopped = best.get("stopped_early", False)  # a finished run that stopped early stays stopped
+    for batch in ([] if stopped else prefetch(batches(step))):
         batch = batch.to(device)
         with autocast:
             loss = model(batch)
@@ -174,15 +176,20 @@ def train(model: CaptionModel, train_data, val_data, tokenizer, cfg: TrainConfig
         progress.update()
         if step % per_epoch == 0:  # end of an epoch: validate, keep the best
             val = validation_loss(model, val_data, tokenizer, cfg, device)
-            live.log_metric("val/loss", val, plot=False)
+            live.log_metric("val/loss", val)  # the learning curve, one point an epoch
             if val < best["val_loss"]:
                 best = {"val_loss": val, "epoch": step // per_epoch - 1, "step": step}
                 save_weights(model, out / "best")
                 write_json(out / "best" / "metrics.json", best)
-        if step % cfg.checkpoint_every == 0 or step == total:
+            if cfg.patience is not None and step // per_epoch - 1 - best["epoch"] >= cfg.patience:
+                log.info("validation loss has not improved for %d epochs: stopping at step %d", cfg.patience, step)
+                stopped = best["stopped_early"] = True
+        if step % cfg.checkpoint_every == 0 or step == total or stopped:
             checkpoint()
         if on_step:
             on_step(step)
+        if stopped:
+            break
     progress.close()
     live.end()
     return best

@@ -1,0 +1,52 @@
+"""Ceilings: the slot accuracy a perfect recogniser would reach seeing what a run's mapper sees.
+
+On the benchmark the events of every test clip are known (the benchmark's plan redraws them), so
+for each frame policy one can say which events its frames show: a recogniser that names every
+event it saw, in the right order, and misses every other one, scores the fraction of the clip's
+events shown on at least one of its frames. ``uniform`` and ``last`` see W frames; ``memorizing``
+(chunk by chunk) and a window as long as the clip see all of them; ``mean`` (and ClipCap's image
+mappers) sees every event but in one averaged token, which keeps no order: a recogniser can only
+guess it, and a random order of m events puts 1/m of them in place on average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipmemcap.core.config import Config
+from clipmemcap.core.grid import grid_range
+from clipmemcap.model.mappers import MapperConfig, select_frames
+from clipmemcap.sources.benchmark import plan
+
+
+def _seen(cfg: MapperConfig, n: int) -> np.ndarray | None:
+    """Positions of the clip's n frames the mapper sees, in order; None: all, but without order."""
+    if cfg.kind == "memorizing":
+        return np.arange(n)
+    if cfg.kind != "temporal" or cfg.frame_policy == "mean":
+        return None
+    index, mask = select_frames(torch.tensor([n]), cfg.window, cfg.frame_policy)
+    return np.unique(index[0][mask[0]].numpy())
+
+
+def ceilings(cfg: Config, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Per run: each test clip's ceiling, for the clips of ``rows`` (an evaluation's predictions)."""
+    videos = plan(cfg.benchmark, cfg.activitynet.subset)["val_1.json"]
+    fps, event_s = cfg.activitynet.fps, cfg.benchmark.event_s
+    out = {}
+    for run in cfg.finetune.runs:
+        mapper, overrides, _ = cfg.finetune.run(run, cfg.finetune.seeds[0])
+        mapper_cfg = MapperConfig.load(mapper, **overrides)
+        scores = []
+        for row in rows:
+            clip = videos[row["video_id"]].clips[row["segment"]]
+            times = np.array(grid_range(row["start"], row["end"], fps)) / fps - row["start"]  # clip's frames
+            seen = _seen(mapper_cfg, len(times))
+            if seen is None:
+                scores.append(1.0 / len(clip.starts))
+                continue
+            shown = [bool(np.any((times[seen] >= start) & (times[seen] < start + event_s))) for start in clip.starts]
+            scores.append(float(np.mean(shown)))
+        out[run] = np.array(scores)
+    return out
