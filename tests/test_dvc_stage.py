@@ -50,6 +50,7 @@ REDUCED = [
     "pretrain.train.epochs=1", "pretrain.train.batch_size=8", "pretrain.train.device=cpu",
     "finetune.seeds=[0]", "finetune.train.epochs=2", "finetune.train.batch_size=4", "finetune.train.device=cpu",
     "evaluate.beam=2", "evaluate.max_tokens=12", "report.length_bin_s=6",
+    "model.vocabulary=captions",  # the restricted output layer, through every stage and `caption`
 ]
 
 
@@ -97,7 +98,7 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         assert {"bleu_4", "meteor", "cider_d", "slot_accuracy_long_margin"} <= values.keys()
         assert values["test_clips_long"] == values["test_clips_short"] == 4  # a fixed test set, half control clips
         assert (name == "memorizing") != ("slot_accuracy_long_margin_ci95" in values)
-        # the benchmark's captions: the output layer scores only their tokens
+        # model.vocabulary=captions: the output layer scores only the captions' tokens
         vocabulary = json.loads((repo / "storage" / "models" / "finetune" / f"{name}-0" / "best" / "vocabulary.json").read_text())
         assert 50256 in vocabulary and len(vocabulary) < 40  # the end-of-text token and the captions' few
     verdicts = json.loads((repo / "metrics" / "hypotheses.json").read_text())

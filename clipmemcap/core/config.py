@@ -174,7 +174,7 @@ class ModelConfig(Strict):
     tokenizer: str = Field("clipmemcap/model/gpt2_tokenizer", description="hub name or a folder with vocab.json and merges.txt")
     finetune_lm: bool = True  # false: GPT-2 frozen, only the mapper trains
     vocabulary: Literal["full", "captions"] = Field(
-        "captions", description="captions: GPT-2's output layer scores only the tokens of the training "
+        "full", description="captions: GPT-2's output layer scores only the tokens of the training "
                                 "(and validation) captions; full: all of GPT-2's tokens")
 
 
