@@ -138,3 +138,19 @@ def test_numbers_are_finite_rate_limits_parse_and_run_names_are_safe(override, n
     with pytest.raises(ValidationError, match=name):
         load_config(ROOT / "params.yaml", [override])
     assert load_config(ROOT / "params.yaml", ["activitynet.download.rate_limit=2.5M"]).activitynet.download.rate_limit == "2.5M"
+
+
+def test_params_are_laid_out_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml with DVC's own YAML writer: a layout it
+    would change (a comment after a list's last item, flow style) would make the README's
+    experiments leave the workspace changed, as CI once caught. Setting values to themselves must
+    change no byte."""
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    committed = load_config(ROOT / "params.yaml")
+    copy = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", copy)
+    dvc_apply_overrides(str(copy), [f"report.run={committed.report.run}",
+                                    f"finetune.train.epochs={committed.finetune.train.epochs}",
+                                    f"activitynet.subset.train_videos={committed.activitynet.subset.train_videos}"])
+    assert copy.read_text() == (ROOT / "params.yaml").read_text()
