@@ -343,7 +343,6 @@ def apply_preset(params: Path, preset: Path) -> Config:
 
     yaml_rt = YAML()
     yaml_rt.width, yaml_rt.preserve_quotes = 4096, True
-    yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = yaml_rt.load(params.read_text())
     for keys, value in overlay_items(yaml.safe_load(preset.read_text()) or {}):
         node = document
