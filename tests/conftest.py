@@ -45,6 +45,20 @@ GPT2_TINY = ROOT / "clipmemcap" / "model" / "lm_configs" / "gpt2-tiny.json"  # G
 TINY_CLIP = ["clip.model=TinyViT", "clip.pretrained=null", "clip.device=cpu", "clip.batch_size=16"]
 
 
+def wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until ``url`` answers; a server that exits or stays silent fails with its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server (SQLite under a temporary PREFECT_HOME) on 127.0.0.1."""
@@ -53,16 +67,7 @@ def prefect_server():
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
          "--port", str(PREFECT_PORT), "--no-ui"], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Prefect server did not start: {(PREFECT_HOME / 'server.log').read_text()}")
-            time.sleep(0.5)
+    wait_for_server(f"http://127.0.0.1:{PREFECT_PORT}/api/health", process, PREFECT_HOME / "server.log", 120)
     yield os.environ["PREFECT_API_URL"]
     if "prefect.logging.handlers" in sys.modules:  # send buffered run logs before the server goes
         sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=10)
@@ -170,15 +175,7 @@ def s3(tmp_path, monkeypatch):
                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                            "AWS_EC2_METADATA_DISABLED": "true"}.items():
             monkeypatch.setenv(key, value)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"moto_server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.3)
+        wait_for_server(f"http://127.0.0.1:{port}/", server, log, 60)
         import s3fs
         from upath import UPath
 

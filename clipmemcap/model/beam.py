@@ -24,7 +24,8 @@ def beam_search(lm: PrefixLM, prefix: torch.Tensor, beam: int = 5, max_tokens: i
     gpt2, B = lm.gpt2, prefix.shape[0]
     ids = sorted({lm.eos_token_id, *stop_ids})
     if lm.vocabulary is not None:  # a stop token the model cannot emit never ends a caption
-        ids = [t for t in ids if t in set(lm.vocabulary.tolist())]
+        emitted = set(lm.vocabulary.tolist())
+        ids = [t for t in ids if t in emitted]
     # positions in the output layer, not token ids, until the end
     stops = lm.positions(torch.tensor(ids, device=prefix.device))
     embeddings = prefix.repeat_interleave(beam, 0)  # [B*K, L, E]

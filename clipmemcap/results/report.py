@@ -141,17 +141,19 @@ def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[st
             return "refuted"
         return "inconclusive"
 
-    def margin(a: str, b: str, line: float, above: bool) -> dict:
-        estimate = summary[a]["slot_accuracy_long"] - summary[b]["slot_accuracy_long"]
-        ci = difference_ci(scores.long(a), scores.long(b))
+    memory, out = rep.memory_run, {}
+
+    def margin(other: str, line: float, above: bool) -> dict:
+        """memory_run minus ``other``, with the interval the summary already holds."""
+        estimate = summary[memory]["slot_accuracy_long"] - summary[other]["slot_accuracy_long"]
+        ci = summary[other]["slot_accuracy_long_margin_ci95"]
         return {"estimate": round(estimate, 6), "ci95": ci, "verdict": verdict(ci, line, above)}
 
-    memory, out = rep.memory_run, {}
     baselines = [run for run in rep.baselines if run in runs]
     if memory in runs and baselines:
         best = max(baselines, key=lambda run: summary[run]["slot_accuracy_long"])
         out["H1"] = {"claim": f"{memory} beats the best fixed-window run ({best}) on long clips",
-                     "compared_with": best, **margin(memory, best, 0.0, True)}
+                     "compared_with": best, **margin(best, 0.0, True)}
     else:
         out["H1"] = {"claim": f"{memory} beats the best fixed-window run on long clips", "verdict": "not run"}
     if memory in runs:
@@ -166,7 +168,7 @@ def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[st
               "H4": (rep.random_run, f"top-k retrieval beats random retrieval ({rep.random_run}) on long clips",
                      0.0, True)}
     for name, (other, claim, line, above) in claims.items():
-        out[name] = {"claim": claim, **margin(memory, other, line, above)} if {memory, other} <= runs else \
+        out[name] = {"claim": claim, **margin(other, line, above)} if {memory, other} <= runs else \
             {"claim": claim, "verdict": "not run"}
     return out
 
