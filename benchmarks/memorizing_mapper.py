@@ -66,12 +66,12 @@ def search_rows(sizes: list[int], backends: list[str], repeats: int, approx_max:
             memory = KNNMemory(1, heads, dim, size, backend)
             start = time.perf_counter()
             for i in range(0, size, 4096):
-                memory.add(0, keys[:, i : i + 4096], values[:, i : i + 4096])
+                memory.add(keys[None, :, i : i + 4096], values[None, :, i : i + 4096])
             build = time.perf_counter() - start
-            t = best_times({"search": lambda: memory.retrieve(0, queries, k)}, repeats)["search"]
-            found = memory.retrieve(0, queries, k)[1][..., 0].long()
-            recall = np.mean([len(set(f.tolist()) & set(g.tolist())) / k
-                              for f, g in zip(found.flatten(0, 1), truth.flatten(0, 1))])
+            t = best_times({"search": lambda: memory.retrieve(queries[None], k)}, repeats)["search"]
+            _, _, selected = memory.retrieve(queries[None], k)  # [1, H, q, n]; slot = key id
+            recall = np.mean([len(set(f.nonzero().flatten().tolist()) & set(g.tolist())) / k
+                              for f, g in zip(selected[0].flatten(0, 1), truth.flatten(0, 1))])
             rows.append({"keys": size, "backend": backend, "search_ms": 1e3 * t, "build_s": build, "recall": recall})
     return rows
 

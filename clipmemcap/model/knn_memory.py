@@ -1,68 +1,43 @@
 """External kNN memory of (key, value) pairs, one independent memory per batch row (per clip).
 
-Keys and values live in a ring buffer per row ([heads, capacity, dim]), so a full memory evicts
-its oldest entries first (FIFO) instead of resetting. Search returns ring slots of the top-k
-keys by inner product, per head; callers gather keys and values and recompute the scores, so
-gradients reach the queries and never the memory. Backends:
+All rows live in one tensor pair, ``keys, values [B, heads, capacity, dim]``, each row a ring
+buffer with its own fill count, so a full row evicts its oldest entries first (FIFO) instead of
+resetting. Reads and writes are a few batched tensor operations, with no loop over rows and no
+host-device sync (the host tracks only an upper bound of the rows' fill, to size the reads).
+A read returns every stored entry, padded, and ``selected``: each query's top-k entries by inner
+product, per head. Attention over all entries with the unselected ones masked out equals
+attention over the top-k, without gathering them; callers recompute the scores, so gradients
+reach the queries and never the memory. Backends choose the top-k:
 
 - ``torch``: exact, one matmul + top-k (the default: fastest exact search at 5 fps clip sizes);
-- ``faiss-flat``: exact, faiss ``IndexFlatIP`` (ids mapped so evicted entries are removed);
+- ``faiss-flat``: exact, faiss ``IndexFlatIP`` per row and head (ids mapped so evicted entries
+  are removed);
 - ``faiss-hnsw``: approximate, faiss HNSW; rebuilt when entries are evicted. Measure its recall
   (``benchmarks/memorizing_mapper.py``) before trusting it.
+
+``retrieval="random"`` (the ablation of content-based retrieval) selects k stored entries at
+random instead, whatever the query.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 BACKENDS = ("torch", "faiss-flat", "faiss-hnsw")
 
 
-def _grown(buffer: torch.Tensor, size: int) -> torch.Tensor:
-    """[heads, n, dim] -> [heads, size, dim]; the new entries are not initialised."""
-    return torch.cat([buffer, buffer.new_empty(buffer.shape[0], size - buffer.shape[1], buffer.shape[2])], 1)
+class _FaissRow:
+    """One row's per-head faiss indexes. Ids count insertions: entry ``i`` lives in slot
+    ``i % capacity``."""
 
+    def __init__(self, backend: str, heads: int, dim: int, capacity: int):
+        self.backend, self.heads, self.dim, self.capacity = backend, heads, dim, capacity
+        self.indexes, self.added = None, 0
 
-class _RowMemory:
-    def __init__(self, heads: int, dim: int, capacity: int, backend: str, device: torch.device):
-        self.heads, self.dim, self.capacity, self.backend = heads, dim, capacity, backend
-        # Buffers grow by doubling up to the capacity (amortised O(1) per entry), then wrap.
-        self._keys = torch.empty(heads, 0, dim, device=device)
-        self._values = torch.empty(heads, 0, dim, device=device)
-        self.added = 0  # entries ever added; entry n lives in slot n % capacity
-        self.indexes = None
-
-    def __len__(self) -> int:
-        return min(self.added, self.capacity)
-
-    @property
-    def keys(self) -> torch.Tensor:
-        return self._keys[:, : len(self)]
-
-    @property
-    def values(self) -> torch.Tensor:
-        return self._values[:, : len(self)]
-
-    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """keys, values [heads, n <= capacity, dim], detached."""
-        n = keys.shape[1]
-        if n > self.capacity:
-            raise ValueError(f"adding {n} entries to a memory of capacity {self.capacity}")
-        needed = min(self.added + n, self.capacity)
-        if needed > self._keys.shape[1]:
-            size = min(self.capacity, max(needed, 2 * self._keys.shape[1]))
-            self._keys, self._values = _grown(self._keys, size), _grown(self._values, size)
-        slots = (torch.arange(n, device=self._keys.device) + self.added) % self.capacity
-        self._keys[:, slots], self._values[:, slots] = keys, values
-        self._index_add(n)
-        self.added += n
-
-    def _index_add(self, n: int) -> None:
-        if self.backend == "torch":
-            return
-        import faiss  # only its own backends need faiss (a GPU machine may lack it)
+    def add(self, stored: torch.Tensor, n: int) -> None:
+        """``stored [heads, slots, dim]``: the row's buffer, its ``n`` new entries already written."""
+        import faiss  # only these backends need faiss (a GPU machine may lack it)
 
         evicting = self.added + n > self.capacity
         if self.indexes is None or (evicting and self.backend == "faiss-hnsw"):
@@ -74,9 +49,10 @@ class _RowMemory:
                 old = faiss.IDSelectorRange(max(0, self.added - self.capacity), self.added + n - self.capacity)
                 for index in self.indexes:
                     index.remove_ids(old)
-        keys = self._keys[:, torch.as_tensor(ids % self.capacity)].float().cpu().numpy()
+        keys = stored[:, torch.as_tensor(ids % self.capacity)].float().cpu().numpy()
         for head, index in enumerate(self.indexes):
             index.add_with_ids(np.ascontiguousarray(keys[head]), ids.astype(np.int64))
+        self.added += n
 
     def _new_index(self):
         import faiss
@@ -88,11 +64,7 @@ class _RowMemory:
         return faiss.IndexIDMap2(hnsw)
 
     def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
-        """queries [heads, q, dim] -> slots [heads, q, min(k, len)] of the best keys."""
-        k = min(k, len(self))
-        if self.backend == "torch":
-            scores = queries.detach() @ self.keys.transpose(1, 2)  # [heads, q, len]
-            return scores.topk(k, dim=-1).indices
+        """queries [heads, q, dim] -> slots [heads, q, k] (k <= the row's size)."""
         found = np.stack([index.search(np.ascontiguousarray(q), k)[1]
                           for index, q in zip(self.indexes, queries.detach().float().cpu().numpy())])
         found = np.where(found < 0, found[..., :1], found)  # HNSW can come back short: repeat the best
@@ -100,53 +72,96 @@ class _RowMemory:
 
 
 class KNNMemory:
-    """One memory per batch row; see the module docstring."""
+    """See the module docstring. Buffers are allocated on the first write (device and dtype of
+    the keys) and grow by doubling up to ``capacity`` (amortised O(1) per entry)."""
 
     def __init__(self, batch: int, heads: int, dim: int, capacity: int, backend: str = "torch",
-                 device: torch.device | str = "cpu", retrieval: str = "top-k"):
+                 retrieval: str = "top-k"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown kNN memory backend {backend!r}; choose one of {BACKENDS}")
-        self.rows = [_RowMemory(heads, dim, capacity, backend, torch.device(device)) for _ in range(batch)]
-        self.settings = (heads, dim, capacity, backend, torch.device(device))
-        self.retrieval = retrieval  # "random": k stored entries drawn at random, whatever the query
+        self.batch, self.heads, self.dim, self.capacity = batch, heads, dim, capacity
+        self.backend, self.retrieval = backend, retrieval
+        self.keys = self.values = None  # [B, heads, slots + 1, dim]; the last slot takes padding writes
+        self.added = None  # [B]: entries ever written per row; entry i lives in slot i % capacity
+        self.clear()
 
-    def reset(self, row: int) -> None:
-        self.rows[row] = _RowMemory(*self.settings)
+    def clear(self) -> None:
+        """Empty every row (the allocation is kept for the next clips)."""
+        self.bound = 0  # host-side upper bound of every row's size
+        if self.added is not None:
+            self.added = torch.zeros_like(self.added)
+        self.faiss = [_FaissRow(self.backend, self.heads, self.dim, self.capacity)
+                      for _ in range(self.batch)] if self.backend != "torch" else None
 
-    def size(self, row: int) -> int:
-        return len(self.rows[row])
+    @property
+    def empty(self) -> bool:
+        return self.bound == 0
 
-    def add(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.rows[row].add(keys.detach(), values.detach())
+    @property
+    def sizes(self) -> torch.Tensor:
+        """[B] entries held per row."""
+        if self.added is None:
+            return torch.zeros(self.batch, dtype=torch.long)
+        return self.added.clamp(max=self.capacity)
 
-    def retrieve(self, row: int, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries [heads, q, dim] -> the top-k keys and values [heads, q, k', dim], detached."""
-        memory = self.rows[row]
-        slots = memory.search(queries, k)  # [heads, q, k']
-        heads = torch.arange(memory.heads, device=slots.device)[:, None, None]
-        return memory.keys[heads, slots], memory.values[heads, slots]  # slots < len(memory)
+    def add(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Append ``keys, values [B, heads, n <= capacity, dim]`` (stored detached), of each row
+        only the entries where ``keep [B, n]`` is True (default: all), in order."""
+        B, H, n, d = keys.shape
+        if n > self.capacity:
+            raise ValueError(f"adding {n} entries to a memory of capacity {self.capacity}")
+        keep = torch.ones(B, n, dtype=torch.bool, device=keys.device) if keep is None else keep
+        self.bound = min(self.capacity, self.bound + n)
+        self._reserve(self.bound, keys)
+        slots_held = self.keys.shape[2] - 1
+        order = self.added[:, None] + keep.long().cumsum(1) - 1  # [B, n]: each kept entry's insertion number
+        slot = torch.where(keep, order % self.capacity, slots_held)  # dropped entries go to the spare slot
+        index = slot[:, None, :, None].expand(B, H, n, d)
+        # Out of place: an earlier read's keys and values are saved for the backward pass.
+        self.keys = self.keys.scatter(2, index, keys.detach().to(self.keys.dtype))
+        self.values = self.values.scatter(2, index, values.detach().to(self.values.dtype))
+        counts = keep.sum(1)
+        if self.faiss is not None:
+            for row, count in enumerate(counts.tolist()):
+                if count:
+                    self.faiss[row].add(self.keys[row], count)
+        self.added = self.added + counts
 
-    def retrieve_rows(self, rows: list[int], queries: torch.Tensor, k: int):
-        """queries [R, heads, q, dim] of non-empty ``rows`` -> every stored key and value of those
-        rows, padded, ``keys, values [R, heads, n, dim]`` (detached), and ``selected [R, heads, q,
-        n]``: True at each query's top-k entries. Attention over the n entries with the others
-        masked out is attention over the k best, without gathering them (a gather of k keys per
-        query cost more than the whole search)."""
-        sizes = torch.tensor([len(self.rows[r]) for r in rows], device=queries.device)
-        n = int(sizes.max())
+    def _reserve(self, slots: int, like: torch.Tensor) -> None:
+        held = -1 if self.keys is None else self.keys.shape[2] - 1
+        if slots <= held:
+            return
+        size = min(self.capacity, max(slots, 2 * held))
+        grown = [like.new_zeros(self.batch, self.heads, size + 1, self.dim) for _ in range(2)]
+        if self.keys is not None:
+            for new, old in zip(grown, (self.keys, self.values)):
+                new[:, :, :held] = old[:, :, :held]
+        else:
+            self.added = torch.zeros(self.batch, dtype=torch.long, device=like.device)
+        self.keys, self.values = grown
+
+    def retrieve(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """queries [B, heads, q, dim] -> every stored key and value, padded to the fullest row,
+        ``keys, values [B, heads, n, dim]`` (detached), and ``selected [B, heads, q, n]``: True at
+        each query's top-k entries (all of a row's entries if it holds fewer; none if it is empty)."""
+        if self.empty:
+            raise ValueError("the memory is empty")
+        n = self.bound
+        keys, values = self.keys[:, :, :n], self.values[:, :, :n]
+        stored = (torch.arange(n, device=queries.device)[None, :] < self.sizes[:, None])[:, None, None, :]  # [B, 1, 1, n]
         k = min(k, n)
-        pad = lambda x: F.pad(x, (0, 0, 0, n - x.shape[1]))  # noqa: E731  [heads, len, dim] -> n
-        keys = torch.stack([pad(self.rows[r].keys) for r in rows])  # [R, heads, n, dim]
-        values = torch.stack([pad(self.rows[r].values) for r in rows])
-        stored = (torch.arange(n, device=queries.device)[None, :] < sizes[:, None])[:, None, None, :]  # [R, 1, 1, n]
-        if self.retrieval == "random":  # the ablation: stored entries ranked at random (torch's RNG)
+        if self.retrieval == "random":  # stored entries ranked at random (torch's RNG)
             ranks = torch.rand(*queries.shape[:3], n, device=queries.device)
             best = ranks.masked_fill(~stored, -1.0).topk(k, dim=-1, sorted=False).indices
-        elif self.rows[rows[0]].backend == "torch":  # all rows in one padded matmul
-            scores = queries.detach() @ keys.transpose(-1, -2)  # [R, heads, q, n]
+        elif self.faiss is None:
+            scores = queries.detach() @ keys.transpose(-1, -2).to(queries.dtype)  # [B, heads, q, n]
             best = scores.masked_fill(~stored, float("-inf")).topk(k, dim=-1, sorted=False).indices
-        else:  # each row's index; a row holding fewer than k entries repeats its best one
-            best = torch.stack([F.pad(self.rows[r].search(q, k), (0, k - min(k, len(self.rows[r]))), mode="replicate")
-                                if len(self.rows[r]) < k else self.rows[r].search(q, k) for r, q in zip(rows, queries)])
+        else:
+            best = torch.zeros(*queries.shape[:3], k, dtype=torch.long, device=queries.device)
+            for row, size in enumerate(self.sizes.tolist()):
+                if size:
+                    found = self.faiss[row].search(queries[row], min(k, size))  # [heads, q, k']
+                    best[row, ..., : found.shape[-1]] = found
+                    best[row, ..., found.shape[-1] :] = found[..., :1]  # a row short of k repeats its best
         selected = torch.zeros(*queries.shape[:3], n, dtype=torch.bool, device=queries.device).scatter_(-1, best, True)
         return keys, values, selected & stored

@@ -163,15 +163,15 @@ class KNNBlock(Block):
         if memory is None:
             return self.attn.attend(q, k, v, key_mask)
         out = self.attn.attend(q, *memory.local_context(k, v, key_mask))
-        rows = memory.rows_with_memories()
-        if rows:
-            keys, values, selected = memory.store.retrieve_rows(rows, q[rows], memory.top_k)  # [R, H, n, d], [R, H, T, n]
-            scores = (q[rows] @ keys.transpose(-1, -2)) * self.attn.scale()  # [R, H, T, n]
-            remembered = scores.masked_fill(~selected, float("-inf")).softmax(-1) @ values  # [R, H, T, d]
+        if not memory.store.empty:
+            keys, values, selected = memory.store.retrieve(q, memory.top_k)  # [B, H, n, d], [B, H, T, n]
+            scores = (q @ keys.transpose(-1, -2).to(q.dtype)) * self.attn.scale()  # [B, H, T, n]
+            # A row with nothing stored selects nothing: a finite fill keeps its softmax (and its
+            # gradient) finite, and the row keeps its local attention.
+            remembered = scores.masked_fill(~selected, torch.finfo(scores.dtype).min).softmax(-1) @ values.to(q.dtype)
             gate = torch.sigmoid(self.gate)[:, None, None]  # [H, 1, 1]
-            mixed = out.clone()
-            mixed[rows] = gate * remembered + (1 - gate) * out[rows]
-            out = mixed
+            remembers = memory.store.sizes.gt(0)[:, None, None, None]  # [B, 1, 1, 1]
+            out = torch.where(remembers, gate * remembered + (1 - gate) * out, out)
         memory.write(k, v)
         return out
 
@@ -323,19 +323,18 @@ class TemporalMapper(VideoTransformer):
 
 
 class MemoryStep:
-    """The clips' kNN memory as one chunk step sees it: the store, which rows are active this
-    step, which of the chunk's tokens are frames to store, and (with ``xl``) the previous chunk's
-    frame keys and values, which local attention also sees, detached, as in Transformer-XL.
-    :class:`KNNBlock` reads and writes through it."""
+    """The clips' kNN memory as one chunk step sees it: the store, which of the chunk's frames to
+    store (not padding, nor the frames of a clip that has not started yet), and (with ``xl``) the
+    previous chunk's frame keys and values, which local attention also sees, detached, as in
+    Transformer-XL. :class:`KNNBlock` reads and writes through it."""
 
     def __init__(self, store: KNNMemory, top_k: int, window: int, xl: bool):
         self.store, self.top_k, self.window, self.xl = store, top_k, window, xl
-        self.active: list[int] = []
-        self.frame_mask: torch.Tensor | None = None  # [B, W + L]: frame tokens to store
+        self.frame_mask: torch.Tensor | None = None  # [B, W]: this chunk's frames to store (False: padding, not started)
         self.previous: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # k, v [B, H, W, d], mask [B, W]
 
-    def next_chunk(self, active: list[int], frame_mask: torch.Tensor) -> None:
-        self.active, self.frame_mask = active, frame_mask
+    def next_chunk(self, frame_mask: torch.Tensor) -> None:
+        self.frame_mask = frame_mask
 
     def local_context(self, k, v, key_mask):
         """Keys, values and key mask for local attention: this chunk, after the previous one."""
@@ -344,18 +343,13 @@ class MemoryStep:
         pk, pv, pmask = self.previous
         return torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pmask, key_mask], 1)
 
-    def rows_with_memories(self) -> list[int]:
-        """Active rows with something to remember (the others' memories are still empty)."""
-        return [b for b in self.active if self.store.size(b) > 0]
-
     def write(self, k, v) -> None:
-        """Store the chunk's frame keys and values [B, H, W + L, d] of the active rows."""
-        for b in self.active:
-            keep = self.frame_mask[b]
-            self.store.add(b, k[b][:, keep], v[b][:, keep])
-        if self.xl:  # frame tokens come first: [W frames, L prefix]
-            W = self.window
-            self.previous = (k[:, :, :W].detach(), v[:, :, :W].detach(), self.frame_mask[:, :W])
+        """Store the chunk's frame keys and values; k, v [B, H, W + L, d], frame tokens first."""
+        W = self.window
+        k, v = k[:, :, :W].detach(), v[:, :, :W].detach()
+        self.store.add(k, v, self.frame_mask)
+        if self.xl:
+            self.previous = (k, v, self.frame_mask)
 
 
 class MemorizingMapper(VideoTransformer):
@@ -365,18 +359,17 @@ class MemorizingMapper(VideoTransformer):
     clip's final chunk is the batch's final step, whose prefix outputs are returned. Padding
     frames are masked and never stored."""
 
-    def new_memory(self, batch: int, device) -> KNNMemory:
+    def new_memory(self, batch: int) -> KNNMemory:
         cfg = self.cfg
         return KNNMemory(batch, cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity,
-                         cfg.memory_backend, device, cfg.retrieval)
+                         cfg.memory_backend, cfg.retrieval)
 
     def forward(self, frames, times, lengths, store: KNNMemory | None = None) -> torch.Tensor:
         """``store``: a memory to reuse (its rows are reset: each call starts new clips)."""
         B, T, _ = frames.shape
         W = self.cfg.window
-        store = store or self.new_memory(B, frames.device)
-        for b in range(B):
-            store.reset(b)
+        store = store or self.new_memory(B)
+        store.clear()
         memory = MemoryStep(store, self.cfg.top_k, W, self.cfg.xl_cache)
         chunks = ((lengths + W - 1) // W).clamp(min=1)  # [B]
         start = lengths - chunks * W  # [B] <= 0: where the first (partial) chunk would begin
@@ -387,14 +380,13 @@ class MemorizingMapper(VideoTransformer):
             index = (start + chunk * W)[:, None] + torch.arange(W, device=frames.device)[None, :]
             mask = (chunk[:, None] >= 0) & (index >= 0) & (index < lengths[:, None])  # [B, W]
             index = index.clamp(min=0, max=T - 1)
-            active = [b for b in range(B) if chunk[b] >= 0]
-            prefix = self.step(memory, _gather(frames, index), _gather(times, index), mask, active)
+            prefix = self.step(memory, _gather(frames, index), _gather(times, index), mask)
         return prefix
 
-    def step(self, memory: MemoryStep, frames, times, mask, active: list[int]) -> torch.Tensor:
+    def step(self, memory: MemoryStep, frames, times, mask) -> torch.Tensor:
         """One chunk: frames [B, W, D], times [B, W], mask [B, W] -> prefix [B, L, E]; stores the
-        chunk's frames in the memory of the ``active`` rows."""
-        memory.next_chunk(active, torch.cat([mask, mask.new_zeros(mask.shape[0], self.cfg.prefix_length)], 1))
+        chunk's frames (where ``mask``) in the memory."""
+        memory.next_chunk(mask)
         return self.encode(frames * mask[..., None], times * mask, mask, memory)
 
     def stream(self, n: int) -> ClipStream:
@@ -470,7 +462,7 @@ class MemorizingStream(ClipStream):
         self.mapper, self.window = mapper, W
         self.need = n - (math.ceil(n / W) - 1) * W  # frames of the next chunk; the first may be partial
         self.pending, self.last = None, None  # frames and times short of the next chunk
-        self.memory = MemoryStep(mapper.new_memory(1, mapper.frame_mean.device), mapper.cfg.top_k, W, mapper.cfg.xl_cache)
+        self.memory = MemoryStep(mapper.new_memory(1), mapper.cfg.top_k, W, mapper.cfg.xl_cache)
 
     def _feed(self, frames, times):
         if self.pending is not None:
@@ -487,7 +479,7 @@ class MemorizingStream(ClipStream):
         window = torch.cat([frames.new_zeros(pad, frames.shape[1]), frames])[None]  # [1, W, D]
         window_times = torch.cat([times.new_zeros(pad), times])[None]
         mask = (torch.arange(W, device=frames.device) >= pad)[None]
-        self.last = self.mapper.step(self.memory, window, window_times, mask, [0])
+        self.last = self.mapper.step(self.memory, window, window_times, mask)
 
     def _prefix(self):
         return self.last
