@@ -125,6 +125,8 @@ def main() -> None:
         make_dataset(data_dir, args.videos)
         data = ActivityNetClips(ActivityNetPaths(data_dir, Path(tmp) / "cache"), "train")
         steps = min(args.steps, len(data) // args.batch)
+        if steps < 2:
+            parser.error(f"{len(data)} clips make {steps} batch(es) of {args.batch}; the loop needs 2: raise --videos")
         cfg = TrainConfig(lr=1e-4, batch_size=args.batch, epochs=1, checkpoint_every=10**6, device="cpu")
 
         raw_model = model()

@@ -149,19 +149,28 @@ class KNNMemory:
         n = self.bound
         keys, values = self.keys[:, :, :n], self.values[:, :, :n]
         stored = (torch.arange(n, device=queries.device)[None, :] < self.sizes[:, None])[:, None, None, :]  # [B, 1, 1, n]
-        k = min(k, n)
-        if self.retrieval == "random":  # stored entries ranked at random (torch's RNG)
-            ranks = torch.rand(*queries.shape[:3], n, device=queries.device)
-            best = ranks.masked_fill(~stored, -1.0).topk(k, dim=-1, sorted=False).indices
-        elif self.faiss is None:
-            scores = queries.detach() @ keys.transpose(-1, -2).to(queries.dtype)  # [B, heads, q, n]
-            best = scores.masked_fill(~stored, float("-inf")).topk(k, dim=-1, sorted=False).indices
-        else:
-            best = torch.zeros(*queries.shape[:3], k, dtype=torch.long, device=queries.device)
-            for row, size in enumerate(self.sizes.tolist()):
-                if size:
-                    found = self.faiss[row].search(queries[row], min(k, size))  # [heads, q, k']
-                    best[row, ..., : found.shape[-1]] = found
-                    best[row, ..., found.shape[-1] :] = found[..., :1]  # a row short of k repeats its best
+        if self.faiss is None or self.retrieval == "random":
+            return keys, values, select(queries, keys, stored, k, self.retrieval)
+        best = torch.zeros(*queries.shape[:3], min(k, n), dtype=torch.long, device=queries.device)
+        for row, size in enumerate(self.sizes.tolist()):
+            if size:
+                found = self.faiss[row].search(queries[row], min(k, size))  # [heads, q, k']
+                best[row, ..., : found.shape[-1]] = found
+                best[row, ..., found.shape[-1] :] = found[..., :1]  # a row short of k repeats its best
         selected = torch.zeros(*queries.shape[:3], n, dtype=torch.bool, device=queries.device).scatter_(-1, best, True)
         return keys, values, selected & stored
+
+
+def select(queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor, k: int, retrieval: str = "top-k") -> torch.Tensor:
+    """Exact search: queries [B, heads, q, dim], keys [B, heads, n, dim], ``allowed`` (broadcast
+    to [B, heads, q, n]) -> ``selected [B, heads, q, n]``: True at each query's k allowed keys of
+    highest inner product (all if it has fewer; with ``retrieval="random"``, k allowed keys at
+    random, torch's RNG)."""
+    n = keys.shape[2]
+    if retrieval == "random":
+        ranks = torch.rand(*queries.shape[:3], n, device=queries.device)
+    else:
+        ranks = queries.detach() @ keys.transpose(-1, -2).to(queries.dtype)  # [B, heads, q, n]
+    best = ranks.masked_fill(~allowed, float("-inf")).topk(min(k, n), dim=-1, sorted=False).indices
+    selected = torch.zeros(*ranks.shape, dtype=torch.bool, device=queries.device).scatter_(-1, best, True)
+    return selected & allowed

@@ -20,6 +20,7 @@ Configurations are JSON files (``clipmemcap/model/mapper_configs``), read into :
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from clipmemcap.model.knn_memory import KNNMemory
+from clipmemcap.model.knn_memory import KNNMemory, select
 
 MAPPER_CONFIGS = Path(__file__).parent / "mapper_configs"
 
@@ -139,12 +140,12 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, normalised)
         self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, memory: MemoryStep | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, memory: MemoryStep | ChunkMemory | None = None) -> torch.Tensor:
         q, k, v = self.attn.split(self.norm1(x))
         x = x + self.attn.merge(self.attend(q, k, v, key_mask, memory))
         return x + self.mlp(self.norm2(x))
 
-    def attend(self, q, k, v, key_mask, memory: MemoryStep | None) -> torch.Tensor:
+    def attend(self, q, k, v, key_mask, memory: MemoryStep | ChunkMemory | None) -> torch.Tensor:
         return self.attn.attend(q, k, v, key_mask)  # [B, H, T, d]
 
 
@@ -159,21 +160,25 @@ class KNNBlock(Block):
         super().__init__(dim, heads, mlp_ratio, normalised=True)
         self.gate = nn.Parameter(torch.zeros(heads))  # sigmoid -> 1: memory, -> 0: local attention
 
-    def attend(self, q, k, v, key_mask, memory: MemoryStep | None) -> torch.Tensor:
+    def attend(self, q, k, v, key_mask, memory: MemoryStep | ChunkMemory | None) -> torch.Tensor:
         if memory is None:
             return self.attn.attend(q, k, v, key_mask)
         out = self.attn.attend(q, *memory.local_context(k, v, key_mask))
-        if not memory.store.empty:
-            keys, values, selected = memory.store.retrieve(q, memory.top_k)  # [B, H, n, d], [B, H, T, n]
-            scores = (q @ keys.transpose(-1, -2).to(q.dtype)) * self.attn.scale()  # [B, H, T, n]
-            # A row with nothing stored selects nothing: a finite fill keeps its softmax (and its
-            # gradient) finite, and the row keeps its local attention.
-            remembered = scores.masked_fill(~selected, torch.finfo(scores.dtype).min).softmax(-1) @ values.to(q.dtype)
+        recalled = memory.recall(q, k, v, self.attn.scale())
+        if recalled is not None:
+            remembered, remembers = recalled  # [B, H, T, d], [B, 1, 1, 1]: whether the row holds any memory
             gate = torch.sigmoid(self.gate)[:, None, None]  # [H, 1, 1]
-            remembers = memory.store.sizes.gt(0)[:, None, None, None]  # [B, 1, 1, 1]
             out = torch.where(remembers, gate * remembered + (1 - gate) * out, out)
-        memory.write(k, v)
         return out
+
+
+def attend_selected(q, keys, values, selected, scale) -> torch.Tensor:
+    """Attention of q [B, H, T, d] over the ``selected [B, H, T, n]`` entries of the memory's
+    keys, values [B, H, n, d] (detached: gradients reach the queries, never the memory)."""
+    scores = (q @ keys.transpose(-1, -2).to(q.dtype)) * scale  # [B, H, T, n]
+    # A query that selects nothing (its row holds nothing yet) gets a finite fill, so its softmax
+    # and gradient stay finite; the caller keeps its local attention.
+    return scores.masked_fill(~selected, torch.finfo(scores.dtype).min).softmax(-1) @ values.to(q.dtype)
 
 
 class Transformer(nn.Module):
@@ -183,9 +188,10 @@ class Transformer(nn.Module):
             KNNBlock(cfg.embed_dim, cfg.heads, cfg.mlp_ratio) if i in knn_layers else Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio)
             for i in range(cfg.layers))
 
-    def forward(self, x, key_mask, memory: MemoryStep | None = None):
-        for layer in self.layers:
-            x = layer(x, key_mask, memory if isinstance(layer, KNNBlock) else None)
+    def forward(self, x, key_mask, memories: dict[int, MemoryStep] | None = None):
+        """``memories``: each kNN layer's memory, by layer index."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_mask, memories[i] if memories and isinstance(layer, KNNBlock) else None)
         return x
 
 
@@ -270,14 +276,19 @@ class VideoTransformer(nn.Module):
         self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_length, cfg.embed_dim))
         self.transformer = Transformer(cfg, cfg.knn_layers)
 
-    def encode(self, frames, times, frame_mask, memory: MemoryStep | None = None) -> torch.Tensor:
-        """frames [B, W, D], times [B, W], frame_mask [B, W] -> prefix [B, L, E]."""
+    def tokens(self, frames, times, frame_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, W, D], times [B, W], frame_mask [B, W] -> tokens [B, W + L, E] (frames, then
+        the prefix) and their key mask [B, W + L]."""
         B, W, _ = frames.shape
         frames = (frames - self.frame_mean) @ self.frame_whitening
         x = self.frame_proj(frames) + time_encoding(times, self.cfg.embed_dim, self.cfg.time_scale)
-        x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)  # [B, W + L, E]
-        key_mask = torch.cat([frame_mask, frame_mask.new_ones(B, self.cfg.prefix_length)], 1)
-        return self.transformer(x, key_mask, memory)[:, W:]
+        x = torch.cat([x, self.prefix_const.expand(B, -1, -1)], 1)
+        return x, torch.cat([frame_mask, frame_mask.new_ones(B, self.cfg.prefix_length)], 1)
+
+    def encode(self, frames, times, frame_mask, memories: dict[int, MemoryStep] | None = None) -> torch.Tensor:
+        """frames [B, W, D], times [B, W], frame_mask [B, W] -> prefix [B, L, E]."""
+        x, key_mask = self.tokens(frames, times, frame_mask)
+        return self.transformer(x, key_mask, memories)[:, frames.shape[1]:]
 
     def set_frame_statistics(self, mean: np.ndarray, whitening: np.ndarray) -> None:
         """mean [D] and whitening [D, D] (see :func:`clipmemcap.training.datasets.frame_statistics`)."""
@@ -323,10 +334,10 @@ class TemporalMapper(VideoTransformer):
 
 
 class MemoryStep:
-    """The clips' kNN memory as one chunk step sees it: the store, which of the chunk's frames to
+    """One kNN layer's memory of the clips as one chunk step sees it: the store, which of the chunk's frames to
     store (not padding, nor the frames of a clip that has not started yet), and (with ``xl``) the
     previous chunk's frame keys and values, which local attention also sees, detached, as in
-    Transformer-XL. :class:`KNNBlock` reads and writes through it."""
+    Transformer-XL. :class:`KNNBlock` reads and writes through it, one chunk after another."""
 
     def __init__(self, store: KNNMemory, top_k: int, window: int, xl: bool):
         self.store, self.top_k, self.window, self.xl = store, top_k, window, xl
@@ -343,13 +354,80 @@ class MemoryStep:
         pk, pv, pmask = self.previous
         return torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pmask, key_mask], 1)
 
-    def write(self, k, v) -> None:
-        """Store the chunk's frame keys and values; k, v [B, H, W + L, d], frame tokens first."""
-        W = self.window
-        k, v = k[:, :, :W].detach(), v[:, :, :W].detach()
+    def recall(self, q, k, v, scale):
+        """Read the earlier chunks (None before anything is stored), then store this chunk's frame
+        keys and values; q, k, v [B, H, W + L, d], frame tokens first."""
+        recalled = None
+        if not self.store.empty:
+            keys, values, selected = self.store.retrieve(q, self.top_k)
+            recalled = attend_selected(q, keys, values, selected, scale), self.store.sizes.gt(0)[:, None, None, None]
+        k, v = k[:, :, : self.window].detach(), v[:, :, : self.window].detach()
         self.store.add(k, v, self.frame_mask)
         if self.xl:
             self.previous = (k, v, self.frame_mask)
+        return recalled
+
+
+class ChunkMemory:
+    """A kNN layer's memory over every chunk of the clips at once, as :class:`MemoryStep` would
+    see them one after another: chunk c of a row reads (top-k) the frame keys and values the
+    layer made for the row's earlier chunks, of those the latest ``capacity`` frames (what a FIFO
+    memory holds). Exact search (the ``torch`` backend)."""
+
+    def __init__(self, frame_mask: torch.Tensor, cfg: MapperConfig):
+        B, S, W = frame_mask.shape  # [B, S chunks, W]
+        self.frame_mask, self.cfg = frame_mask, cfg
+        self.stored: tuple[torch.Tensor, torch.Tensor] | None = None  # see final_chunk
+        counts = frame_mask.sum(2)  # [B, S]
+        before = counts.cumsum(1) - counts  # [B, S]: frames stored before each chunk
+        rank = frame_mask.flatten(1).cumsum(1)  # [B, S * W]: each frame's insertion number, from 1
+        chunk = torch.arange(S, device=frame_mask.device)
+        self.readable = (frame_mask.flatten(1)[:, None, :]  # [B, S (reading chunk), S * W (frames)]
+                         & (chunk.repeat_interleave(W)[None, None, :] < chunk[None, :, None])
+                         & (rank[:, None, :] > (before - cfg.memory_capacity)[:, :, None]))
+        self.remembers = before > 0  # [B, S]
+
+    def final_chunk(self, k: torch.Tensor, v: torch.Tensor) -> ChunkMemory:
+        """The view of the top kNN layer, which runs on the final chunk alone (above it nothing
+        else is used): it reads every chunk's keys and values k, v [B * S, H, W + L, d]."""
+        view = copy.copy(self)
+        view.stored = self._frames(k), self._frames(v)
+        return view
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B * S, H, W + L, d] -> every chunk's frame tokens, detached, [B, H, S * W, d]."""
+        B, S, W = self.frame_mask.shape
+        return x.view(B, S, *x.shape[1:])[:, :, :, :W].detach().transpose(1, 2).flatten(2, 3)
+
+    def local_context(self, k, v, key_mask):
+        if not self.cfg.xl_cache:
+            return k, v, key_mask
+        B, S, W = self.frame_mask.shape
+        if self.stored is None:  # every chunk, after the one before it
+            shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1).flatten(0, 1)  # noqa: E731
+            previous = [self._frames(x).unflatten(2, (S, W)).transpose(1, 2) for x in (k, v)] + [self.frame_mask]
+            pk, pv, pmask = (shift(x) for x in previous)
+        else:  # the final chunk, after chunk S - 2
+            pk, pv = (x[:, :, -2 * W : -W] if S > 1 else torch.zeros_like(x[:, :, :W]) for x in self.stored)
+            pmask = self.frame_mask[:, -2] if S > 1 else torch.zeros_like(self.frame_mask[:, 0])
+        return torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pmask, key_mask], 1)
+
+    def recall(self, q, k, v, scale):
+        """q, k, v [B * S, H, T = W + L, d] (the final chunk's [B, H, T, d] in the top layer's
+        view) -> the reads, shaped like q, and whether each query's row holds any memory."""
+        if self.stored is not None:
+            keys, values = self.stored
+            readable, remembers = self.readable[:, -1, None, None], self.remembers[:, -1]  # [B, 1, 1, S * W], [B]
+            selected = select(q, keys, readable, self.cfg.top_k, self.cfg.retrieval)
+            return attend_selected(q, keys, values, selected, scale), remembers[:, None, None, None]
+        B, S, W = self.frame_mask.shape
+        H, T, d = q.shape[1:]
+        queries = q.view(B, S, H, T, d).transpose(1, 2).flatten(2, 3)  # [B, H, S * T, d]
+        readable = self.readable.repeat_interleave(T, 1)[:, None]  # [B, 1, S * T, S * W]
+        keys, values = self._frames(k), self._frames(v)
+        selected = select(queries, keys, readable, self.cfg.top_k, self.cfg.retrieval)
+        remembered = attend_selected(queries, keys, values, selected, scale).view(B, H, S, T, d).transpose(1, 2)
+        return remembered.flatten(0, 1), self.remembers.flatten()[:, None, None, None]
 
 
 class MemorizingMapper(VideoTransformer):
@@ -357,37 +435,59 @@ class MemorizingMapper(VideoTransformer):
     final chunk is the clip's last W frames (what the ``last`` baseline sees) and the first chunk
     may be partial. Rows are right-aligned: a clip of c chunks starts at step S - c, so every
     clip's final chunk is the batch's final step, whose prefix outputs are returned. Padding
-    frames are masked and never stored."""
+    frames are masked and never stored.
 
-    def new_memory(self, batch: int) -> KNNMemory:
+    A chunk's kNN-layer keys depend only on its own frames (the layers below attend within the
+    chunk), so with exact search (``memory_backend: torch``) every chunk runs at once
+    (:class:`ChunkMemory`); the layers above the top kNN layer run on the final chunk alone.
+    The faiss backends and streams run chunk after chunk through a :class:`KNNMemory`
+    (:meth:`step`), which bounds memory by the capacity whatever the clip's length."""
+
+    def new_memories(self, batch: int) -> dict[int, MemoryStep]:
+        """An empty memory for each kNN layer, for :meth:`step`."""
         cfg = self.cfg
-        return KNNMemory(batch, cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity,
-                         cfg.memory_backend, cfg.retrieval)
+        return {i: MemoryStep(KNNMemory(batch, cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity,
+                                        cfg.memory_backend, cfg.retrieval), cfg.top_k, cfg.window, cfg.xl_cache)
+                for i in cfg.knn_layers}
 
-    def forward(self, frames, times, lengths, store: KNNMemory | None = None) -> torch.Tensor:
-        """``store``: a memory to reuse (its rows are reset: each call starts new clips)."""
-        B, T, _ = frames.shape
+    def forward(self, frames, times, lengths) -> torch.Tensor:
+        B, T, D = frames.shape
         W = self.cfg.window
-        store = store or self.new_memory(B)
-        store.clear()
-        memory = MemoryStep(store, self.cfg.top_k, W, self.cfg.xl_cache)
         chunks = ((lengths + W - 1) // W).clamp(min=1)  # [B]
-        start = lengths - chunks * W  # [B] <= 0: where the first (partial) chunk would begin
-        steps = int(chunks.max())
-        prefix = None
-        for step in range(steps):
-            chunk = step - (steps - chunks)  # [B]: this step's chunk of each clip; < 0 = not started
-            index = (start + chunk * W)[:, None] + torch.arange(W, device=frames.device)[None, :]
-            mask = (chunk[:, None] >= 0) & (index >= 0) & (index < lengths[:, None])  # [B, W]
-            index = index.clamp(min=0, max=T - 1)
-            prefix = self.step(memory, _gather(frames, index), _gather(times, index), mask)
-        return prefix
+        S = int(chunks.max())
+        chunk = torch.arange(S, device=frames.device)[None, :] - (S - chunks)[:, None]  # [B, S]; < 0 = not started
+        index = ((lengths - chunks * W)[:, None, None] + chunk[..., None] * W
+                 + torch.arange(W, device=frames.device))  # [B, S, W]
+        mask = (chunk[..., None] >= 0) & (index >= 0) & (index < lengths[:, None, None])  # [B, S, W]
+        index = index.clamp(min=0, max=T - 1).flatten(1)
+        frames = (_gather(frames, index) * mask.flatten(1)[..., None]).view(B, S, W, D)
+        times = _gather(times, index).view(B, S, W) * mask
+        if self.cfg.memory_backend != "torch":
+            memories = self.new_memories(B)
+            for step in range(S):
+                prefix = self.step(memories, frames[:, step], times[:, step], mask[:, step])
+            return prefix
+        memory = ChunkMemory(mask, self.cfg)
+        top = max(self.cfg.knn_layers)
+        x, key_mask = self.tokens(frames.flatten(0, 1), times.flatten(0, 1), mask.flatten(0, 1))  # [B * S, W + L, E]
+        for i, layer in enumerate(self.transformer.layers):
+            if i < top:
+                x = layer(x, key_mask, memory if isinstance(layer, KNNBlock) else None)
+                continue
+            if i == top:  # from here on only the final chunk matters; the earlier ones give keys and values
+                _, k, v = layer.attn.split(layer.norm1(x))
+                x, key_mask = x.view(B, S, *x.shape[1:])[:, -1], key_mask.view(B, S, -1)[:, -1]
+                x = layer(x, key_mask, memory.final_chunk(k, v))
+            else:
+                x = layer(x, key_mask)
+        return x[:, W:]
 
-    def step(self, memory: MemoryStep, frames, times, mask) -> torch.Tensor:
+    def step(self, memories: dict[int, MemoryStep], frames, times, mask) -> torch.Tensor:
         """One chunk: frames [B, W, D], times [B, W], mask [B, W] -> prefix [B, L, E]; stores the
-        chunk's frames (where ``mask``) in the memory."""
-        memory.next_chunk(mask)
-        return self.encode(frames * mask[..., None], times * mask, mask, memory)
+        chunk's frames (where ``mask``) in the memories."""
+        for memory in memories.values():
+            memory.next_chunk(mask)
+        return self.encode(frames * mask[..., None], times * mask, mask, memories)
 
     def stream(self, n: int) -> ClipStream:
         return MemorizingStream(self, n)
@@ -462,7 +562,7 @@ class MemorizingStream(ClipStream):
         self.mapper, self.window = mapper, W
         self.need = n - (math.ceil(n / W) - 1) * W  # frames of the next chunk; the first may be partial
         self.pending, self.last = None, None  # frames and times short of the next chunk
-        self.memory = MemoryStep(mapper.new_memory(1), mapper.cfg.top_k, W, mapper.cfg.xl_cache)
+        self.memories = mapper.new_memories(1)
 
     def _feed(self, frames, times):
         if self.pending is not None:
@@ -479,7 +579,7 @@ class MemorizingStream(ClipStream):
         window = torch.cat([frames.new_zeros(pad, frames.shape[1]), frames])[None]  # [1, W, D]
         window_times = torch.cat([times.new_zeros(pad), times])[None]
         mask = (torch.arange(W, device=frames.device) >= pad)[None]
-        self.last = self.mapper.step(self.memory, window, window_times, mask)
+        self.last = self.mapper.step(self.memories, window, window_times, mask)
 
     def _prefix(self):
         return self.last
