@@ -18,7 +18,8 @@ python3 -m venv .venv
 # torchvision built for another torch fails at import ("operator torchvision::nms does not exist").
 # shellcheck disable=SC2086
 .venv/bin/pip install -q ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}
-.venv/bin/pip install -q -e '.[dev]'
+# constraints.txt pins every other package to the versions that made the committed results.
+.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
 # DVC runs each stage's command (`python -m ...`) in a shell that sees only the user's PATH. This
 # puts .venv/bin first on the PATH of every process a program of this venv starts (what `source
 # .venv/bin/activate` does for a shell), so `.venv/bin/dvc repro` works without an activated venv.

@@ -98,8 +98,10 @@ def test_the_study_preset_holds_every_pre_registered_run_on_a_test_set_with_the_
     study = apply_preset(tmp_path / "params.yaml", ROOT / "presets" / "study.yaml")
     default = load_config(ROOT / "params.yaml")
     rep = study.report
-    needed = {rep.memory_run, rep.all_frames_run, rep.random_run, *rep.baselines}
-    assert needed == set(study.finetune.runs)  # every hypothesis can be decided
+    needed = {rep.memory_run, rep.all_frames_run, rep.random_run, *rep.baselines,
+              *(run for pair in rep.comparisons.values() for run in pair)}
+    # every hypothesis and comparison can be decided, and the oracle bound is there
+    assert needed | {"oracle"} == set(study.finetune.runs) and study.finetune.runs["oracle"].frames == "oracle"
     assert study.activitynet.subset.test_videos >= 250 and study.benchmark == default.benchmark  # >= 500 + 500 clips
     assert study.finetune.train.patience and study.finetune.seeds == default.finetune.seeds
     assert study.activitynet.subset.model_copy(update={"test_videos": 25}) == default.activitynet.subset

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, Sample, collate, epoch_order, frame_statistics
+from clipmemcap.training.datasets import (ActivityNetClips, CocoCaptions, Sample, collate, epoch_order, frame_statistics,
+                                         oracle_frames)
 from clipmemcap.core.layout import ActivityNetPaths, CocoPaths
 from clipmemcap.model.prefix_lm import load_tokenizer
 from clipmemcap.core.shards import file_digests, write_captions, write_frame_shard, write_image_shard, write_segments
@@ -108,3 +109,18 @@ def test_a_damaged_or_missing_shard_is_named_before_training_reads_it(tmp_path, 
         shard.unlink()
     with pytest.raises(ValueError, match="v_bbbbbbbbbbb.parquet .*rebuild the dataset \\(dvc repro activitynet\\)"):
         ActivityNetClips(ActivityNetPaths(tmp_path, tmp_path / "cache"), "train")
+
+
+def test_oracle_frames_show_every_event_within_the_window():
+    times = np.arange(300) / 5.0  # 60 s at 5 fps
+    events = [9.0, 41.0]  # 1 s each, between the uniform picks (every ~4 s)
+    index = oracle_frames(times, events, 1.0, 16)
+    assert len(index) == 16 and np.all(np.diff(index) > 0)
+    for start in events:
+        assert np.any((times[index] >= start) & (times[index] < start + 1.0)), start
+    uniform = np.round(np.arange(16) * 299 / 15).astype(int)
+    assert len(set(index) - set(uniform)) == 2  # two picks moved, the rest as the uniform policy
+    # two events next to each other each keep their own frame; a clip within the window is whole
+    index = oracle_frames(times, [20.0, 21.2], 1.0, 16)
+    assert all(np.any((times[index] >= s) & (times[index] < s + 1.0)) for s in (20.0, 21.2))
+    assert oracle_frames(times[:12], [0.5], 1.0, 16).tolist() == list(range(12))

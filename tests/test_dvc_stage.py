@@ -51,6 +51,8 @@ REDUCED = [
     "finetune.seeds=[0]", "finetune.train.epochs=2", "finetune.train.batch_size=4", "finetune.train.device=cpu",
     "evaluate.beam=2", "evaluate.max_tokens=12", "report.length_bin_s=6",
     "model.vocabulary=captions",  # the restricted output layer, through every stage and `caption`
+    # the study's bound: 16 frames that show both events of each clip (the benchmark's event times)
+    "finetune.runs.oracle={mapper: video-temporal, frames: oracle}",
 ]
 
 
@@ -84,27 +86,32 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     assert [len(pq.read_table(segments / f"{split}.parquet")) for split in ("train", "val", "test")] == [16, 4, 8]
     assert len(pq.read_table(repo / "storage" / "coco" / "captions.parquet")) == 60
     runs = list(cfg.finetune.runs)
-    assert runs == ["memorizing", "uniform", "last", "mean"]
+    assert runs == ["memorizing", "uniform", "last", "mean", "oracle"]
     for name in runs:
         trained = json.loads((repo / "storage" / "models" / "finetune" / f"{name}-0" / "best" / "mapper" / "config.json").read_text())
         assert trained["kind"] == ("memorizing" if name == "memorizing" else "temporal")
-        assert name == "memorizing" or trained["frame_policy"] == name
+        assert trained["frame_policy"] == {"memorizing": "uniform", "oracle": "uniform"}.get(name, name)
         predictions = json.loads((repo / "storage" / "evaluation" / f"{name}-0" / "predictions.json").read_text())
         assert len(predictions) == json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())["clips"] == 8
+        # the oracle sees at most its window of frames; the others every frame of a clip
+        assert (max(r["frames"] for r in predictions) <= 16) == (name == "oracle")
+    shut = json.loads((repo / "storage" / "evaluation" / "memorizing-0" / "predictions_gate_shut.json").read_text())
+    assert [(r["video_id"], r["segment"]) for r in shut] == [(r["video_id"], r["segment"]) for r in predictions]
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
-    assert sorted(summary) == sorted(runs)
+    assert sorted(summary) == sorted(runs + ["memorizing-gate-shut"])
+    assert summary["oracle"]["slot_accuracy_long_ceiling"] == 1.0
     for name, values in summary.items():
         assert 0 <= values["slot_accuracy_long"] <= 1 and 0 <= values["slot_accuracy_short"] <= 1
         assert {"bleu_4", "meteor", "cider_d", "slot_accuracy_long_margin"} <= values.keys()
         assert values["test_clips_long"] == values["test_clips_short"] == 4  # a fixed test set, half control clips
         assert (name == "memorizing") != ("slot_accuracy_long_margin_ci95" in values)
-        # model.vocabulary=captions: the output layer scores only the captions' tokens
+    for name in runs:  # model.vocabulary=captions: the output layer scores only the captions' tokens
         vocabulary = json.loads((repo / "storage" / "models" / "finetune" / f"{name}-0" / "best" / "vocabulary.json").read_text())
         assert 50256 in vocabulary and len(vocabulary) < 40  # the end-of-text token and the captions' few
     verdicts = json.loads((repo / "metrics" / "hypotheses.json").read_text())
     assert verdicts["H1"]["verdict"] in {"supported", "refuted", "inconclusive"} and verdicts["H4"]["verdict"] == "not run"
     table = (repo / "reports" / "results" / "results.md").read_text()
-    assert all(f"| {name} |" in table for name in runs)
+    assert all(f"| {name} |" in table for name in summary)
     plots = dvc("plots", "show", "--json", cwd=repo)  # drawn by the pipeline and by DVC from dvclive's logs
     for name in ("reports/results/plot.png", "reports/pretrain/plots/metrics/train/loss.tsv",
                  "reports/finetune/memorizing-0/plots/metrics/train/loss.tsv"):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipmemcap.model.mappers import (KNNBlock, MapperConfig, build_mapper, load_mapper, load_shared, save_mapper,
-                                     select_frames)
+from clipmemcap.model.mappers import (KNNBlock, MapperConfig, build_mapper, load_mapper, load_shared, memory_shut,
+                                     save_mapper, select_frames)
 
 TINY = dict(clip_dim=16, embed_dim=32, heads=4, layers=3, prefix_length=3, clip_length=2, window=4, top_k=4)
 
@@ -19,13 +19,6 @@ def clip(n, seed, T=None):
     g = torch.Generator().manual_seed(seed)
     frames = torch.randn(T or n, 16, generator=g)
     return frames, torch.arange(T or n).float() / 5
-
-
-def shut_gates(mapper):
-    """Pin every kNN layer's gate to local attention only."""
-    for layer in mapper.transformer.layers:
-        if isinstance(layer, KNNBlock):
-            layer.gate.data.fill_(-1e4)
 
 
 def batch(clips, pad_seed=99):
@@ -104,8 +97,11 @@ def test_local_only_gate_or_one_chunk_equals_the_temporal_baseline():
     with torch.no_grad():
         assert (memorizing(*short) - temporal(*short)).abs().max() <= 1e-5  # one chunk: no memory
         assert (memorizing(*long) - temporal(*long)).abs().max() > 1e-4  # memory matters...
-        shut_gates(memorizing)  # ...unless the gate shuts it out
-        assert (memorizing(*long) - temporal(*long)).abs().max() <= 1e-5
+        with memory_shut(memorizing):  # ...unless the gate shuts it out
+            assert (memorizing(*long) - temporal(*long)).abs().max() <= 1e-5
+        assert (memorizing(*long) - temporal(*long)).abs().max() > 1e-4  # and opens again after
+    with pytest.raises(ValueError, match="no memory to shut"), memory_shut(temporal):
+        pass
 
 
 @pytest.mark.parametrize("xl_cache", [False, True])
@@ -186,9 +182,7 @@ def test_xl_cache_lets_the_local_attention_see_the_previous_chunk():
     changed[4:8] += 3.0  # the chunk before the last
     plain, xl = tiny("video-memorizing", top_k=1), tiny("video-memorizing", top_k=1, xl_cache=True)
     xl.load_state_dict(plain.state_dict())
-    shut_gates(plain)  # memory shut: only the XL cache can carry the middle chunk
-    shut_gates(xl)
-    with torch.no_grad():
+    with torch.no_grad(), memory_shut(plain), memory_shut(xl):  # only the XL cache can carry the middle chunk
         assert torch.equal(plain(*batch([(frames, times)])), plain(*batch([(changed, times)])))
         assert (xl(*batch([(frames, times)])) - xl(*batch([(changed, times)]))).abs().max() > 1e-4
 

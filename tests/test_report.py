@@ -25,17 +25,26 @@ def benchmark_clips(cfg) -> list[tuple[str, int, float, float]]:
     return pick(30, 60) + pick(90, 120) + pick(0, 3)
 
 
-def evaluation(cfg, run, seed, right_long: int, right_short: int, bleu: float):
+def evaluation(cfg, run, seed, right_long: int, right_short: int, bleu: float, gate_shut: tuple[int, int] | None = None):
     """What an evaluate stage leaves: 4 long clips and 2 short ones, of which the first
-    ``right_*`` are captioned right and the rest with the events swapped."""
+    ``right_*`` are captioned right and the rest with the events swapped; ``gate_shut``: the
+    ``right_*`` of a second decoding with the memory shut."""
+    metrics = {"bleu_4": bleu, "meteor": 0.2, "rouge_l": 0.3, "cider_d": 0.4, "clips": 6}
+    write_json(Layout.of(cfg).predictions(run, seed), predictions(cfg, right_long, right_short))
+    if gate_shut:
+        write_json(Layout.of(cfg).predictions(run, seed, gate_shut=True), predictions(cfg, *gate_shut))
+        metrics["gate_shut"] = {**metrics, "bleu_4": bleu / 2}
+    write_json(Layout.run_metrics(run, seed), metrics)
+
+
+def predictions(cfg, right_long: int, right_short: int) -> list[dict]:
     rows = []
     for i, (video_id, segment, start, end) in enumerate(benchmark_clips(cfg)):
         right = i < right_long if i < 4 else i - 4 < right_short
         prediction = REFERENCE if right else "a blue square, then a red circle."
         rows.append({"video_id": video_id, "segment": segment, "start": start, "end": end, "frames": int((end - start) * 5),
                      "prediction": prediction, "reference": REFERENCE})
-    write_json(Layout.of(cfg).evaluation(run, seed) / "predictions.json", rows)
-    write_json(Layout.run_metrics(run, seed), {"bleu_4": bleu, "meteor": 0.2, "rouge_l": 0.3, "cider_d": 0.4, "clips": 6})
+    return rows
 
 
 @pytest.fixture
@@ -119,3 +128,31 @@ def test_without_slots_the_report_plots_the_caption_metrics(cfg):
     assert "slot_accuracy_long" not in summary["memorizing"] and summary["last"]["bleu_4"] == pytest.approx(0.1)
     assert (Layout.results / "plot.png").exists()
     assert "| run | bleu_4 | meteor | rouge_l | cider_d |" in (Layout.results / "results.md").read_text()
+
+
+def test_a_memorizing_run_decoded_with_its_memory_shut_is_a_run_of_its_own(cfg, monkeypatch):
+    runs = "{memorizing: {mapper: video-memorizing}, last: {mapper: video-temporal, mapper_overrides: {frame_policy: last}}, " \
+           "oracle: {mapper: video-temporal, frames: oracle}}"
+    cfg = load_config(ROOT / "params.yaml", [f"storage.root={cfg.storage.root}", "finetune.seeds=[0, 1]",
+                                             "benchmark.long_s=[30.0, 120.0]", f"finetune.runs={runs}",
+                                             "report.comparisons={sight: [oracle, last], gone: [oracle, nope]}"])
+    for seed in (0, 1):
+        evaluation(cfg, "memorizing", seed, 4, 2, 0.4, gate_shut=(1, 2))
+        evaluation(cfg, "last", seed, 1, 2, 0.2)
+        evaluation(cfg, "oracle", seed, 3, 2, 0.3)
+    summary = report(cfg)
+    shut = summary["memorizing-gate-shut"]
+    assert shut["slot_accuracy_long"] == pytest.approx(0.25) and shut["bleu_4"] == pytest.approx(0.2)
+    low, high = shut["slot_accuracy_long_margin_ci95"]  # memorizing minus itself with the memory shut
+    assert low <= 0.75 <= high
+    # shut, it sees its last chunk (the last 16 frames), as `last` does; the oracle every event
+    assert shut["slot_accuracy_long_ceiling"] == summary["last"]["slot_accuracy_long_ceiling"] < 1
+    assert summary["oracle"]["slot_accuracy_long_ceiling"] == 1.0
+    assert "| memorizing-gate-shut |" in (Layout.results / "results.md").read_text()
+    verdicts = json.loads(Layout.hypotheses.read_text())  # exploratory: oracle 0.75 vs last 0.25 on long clips
+    assert verdicts["sight"]["estimate"] == pytest.approx(0.5) and verdicts["sight"]["ci95"][0] <= 0.5
+    assert verdicts["sight"]["verdict"] in {"oracle ahead", "no difference shown"}
+    assert verdicts["gone"]["verdict"] == "not run"
+    write_json(Layout.run_metrics("memorizing", 1), {"bleu_4": 0.4, "clips": 6})  # one seed without it
+    with pytest.raises(ValueError, match="memorizing-gate-shut was evaluated for only some of the seeds"):
+        report(cfg)

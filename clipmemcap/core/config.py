@@ -201,6 +201,9 @@ class PretrainConfig(StageTrainConfig):
 class RunConfig(Strict):
     mapper: str = Field(description="a config in clipmemcap/model/mapper_configs or a JSON path")
     mapper_overrides: dict[str, Any] = {}
+    # oracle: each clip cut down to the mapper's window of frames, among them one of each of its
+    # events (the benchmark's event times; a bound, not a captioner: it is told where to look)
+    frames: Literal["all", "oracle"] = "all"
 
 
 class FinetuneConfig(Strict):
@@ -237,6 +240,7 @@ class EvaluateConfig(Strict):
     max_tokens: int = Field(16, ge=1)
     batch_size: int = Field(32, ge=1)
     stop_at_period: bool = True  # stop at "." as well as at end-of-text, as ClipCap does
+    gate_shut: bool = Field(True, description="decode memorizing runs a second time with the memory shut")
 
 
 class ReportConfig(Strict):
@@ -250,6 +254,8 @@ class ReportConfig(Strict):
                                        description="fixed-window runs; H1 takes the best")
     all_frames_run: str = Field("all-frames", description="full attention over every frame (H3)")
     random_run: str = Field("memorizing-random", description="memorizing with random instead of top-k memories (H4)")
+    comparisons: dict[str, tuple[str, str]] = Field({}, description="exploratory, not pre-registered: name -> "
+                                                    "[a, b], the paired interval of a minus b on long clips")
 
 
 class BenchmarkConfig(Strict):

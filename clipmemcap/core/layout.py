@@ -7,7 +7,7 @@
                                       manifest.json
     <root>/models/pretrain/           pre-training (best/, last/)
     <root>/models/finetune/<run>-<seed>/   fine-tuning of one run and seed, with clip.json
-    <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json
+    <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json, predictions_gate_shut.json
     <root>/.{activitynet,coco}.lock   the run lock of each data flow (clipmemcap.core.storage_lock)
     <cache>/{activitynet,coco}/       downloads; <cache>/caption/: `caption`'s downloads
 
@@ -39,6 +39,11 @@ REPORTS = Path("reports")
 def run_name(run: str, seed: int) -> str:
     """A run and seed's folder name, as DVC names its matrix stages (``finetune@memorizing-0``)."""
     return f"{run}-{seed}"
+
+
+def gate_shut_run(run: str) -> str:
+    """The name the report gives a memorizing run decoded with its memory shut."""
+    return f"{run}-gate-shut"
 
 
 class UnsafePath(ValueError):
@@ -218,6 +223,10 @@ class Layout:
 
     def evaluation(self, run: str, seed: int) -> Path:
         return self.root / "evaluation" / run_name(run, seed)
+
+    def predictions(self, run: str, seed: int, gate_shut: bool = False) -> Path:
+        """One row per test clip; ``gate_shut``: a memorizing run's, decoded with its memory shut."""
+        return self.evaluation(run, seed) / ("predictions_gate_shut.json" if gate_shut else "predictions.json")
 
     @property
     def caption_downloads(self) -> Path:

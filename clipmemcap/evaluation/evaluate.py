@@ -4,7 +4,10 @@
 
 Writes ``<root>/evaluation/<run>-<seed>/predictions.json`` (one row per clip: ids, times, frame
 count, prediction, reference), ``dense_captions.json`` (the dense-captioning evaluator's format)
-and the caption metrics to ``metrics/runs/<run>-<seed>.json``.
+and the caption metrics to ``metrics/runs/<run>-<seed>.json``. A memorizing run is also decoded
+with its memory shut (``evaluate.gate_shut``: every kNN gate at 0, local attention only, the same
+weights): ``predictions_gate_shut.json`` and the metrics' ``gate_shut`` entry. The report lists it
+as the run ``<run>-gate-shut``: what the run's weights recognise without retrieval.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 
 import torch
+from tqdm import tqdm
 
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.config import Config, run_command, settings_parser
@@ -19,16 +23,16 @@ from clipmemcap.core.layout import Layout
 from clipmemcap.evaluation.metrics import caption_metrics, dense_captioning_results
 from clipmemcap.model.beam import beam_search, captions
 from clipmemcap.model.captioner import load_caption_model, stop_ids
-from clipmemcap.training.datasets import ActivityNetClips, collate
+from clipmemcap.model.mappers import memory_shut
+from clipmemcap.training.datasets import ActivityNetClips, OracleClips, collate
+from clipmemcap.training.stages import run_clips
 
 
-def evaluate(cfg: Config, run: str, seed: int) -> dict:
-    layout = Layout.of(cfg)
-    model, tokenizer = load_caption_model(cfg, layout.finetune(run, seed))
+def predict(cfg: Config, model, tokenizer, clips: ActivityNetClips | OracleClips) -> list[dict]:
+    """Beam-search captions of every clip: one row per clip."""
     device, stops = next(model.parameters()).device, stop_ids(cfg, tokenizer)
-    clips = ActivityNetClips(layout.activitynet, "test")
     rows = []
-    for first in range(0, len(clips), cfg.evaluate.batch_size):
+    for first in tqdm(range(0, len(clips), cfg.evaluate.batch_size), desc="captioning", unit="batch", disable=None):
         indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
         batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
         with torch.inference_mode():
@@ -38,13 +42,29 @@ def evaluate(cfg: Config, run: str, seed: int) -> dict:
             segment = clips.rows[i]
             rows.append({"video_id": segment["video_id"], "segment": segment["segment"], "start": segment["start"],
                          "end": segment["end"], "frames": frames, "prediction": text, "reference": segment["caption"]})
+    return rows
+
+
+def score(rows: list[dict]) -> dict:
     metrics = caption_metrics({(r["video_id"], r["segment"]): r["prediction"] for r in rows},
                               {(r["video_id"], r["segment"]): [r["reference"]] for r in rows})
-    metrics = {**metrics, "clips": len(rows)}
-    out = layout.evaluation(run, seed)
-    write_json(out / "predictions.json", rows)
-    write_json(out / "dense_captions.json",
+    return {**metrics, "clips": len(rows)}
+
+
+def evaluate(cfg: Config, run: str, seed: int) -> dict:
+    layout = Layout.of(cfg)
+    model, tokenizer = load_caption_model(cfg, layout.finetune(run, seed))
+    clips = run_clips(cfg, run, "test")
+    rows = predict(cfg, model, tokenizer, clips)
+    metrics = score(rows)
+    write_json(layout.predictions(run, seed), rows)
+    write_json(layout.evaluation(run, seed) / "dense_captions.json",
                dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))
+    if cfg.evaluate.gate_shut and model.mapper.cfg.kind == "memorizing":
+        with memory_shut(model.mapper):
+            shut = predict(cfg, model, tokenizer, clips)
+        write_json(layout.predictions(run, seed, gate_shut=True), shut)
+        metrics["gate_shut"] = score(shut)
     write_json(layout.run_metrics(run, seed), metrics)
     return metrics
 

@@ -20,9 +20,11 @@ Configurations are JSON files (``clipmemcap/model/mapper_configs``), read into :
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -587,6 +589,25 @@ class MemorizingStream(ClipStream):
 
 MAPPERS = {"mlp": MLPMapper, "transformer": TransformerMapper, "temporal": TemporalMapper,
            "memorizing": MemorizingMapper}
+
+
+@contextlib.contextmanager
+def memory_shut(mapper: nn.Module) -> Iterator[nn.Module]:
+    """The mapper with every kNN layer's gate shut (sigmoid(-inf) = 0: local attention only), for
+    as long as the block runs: a memorizing mapper's recognition without its retrieval."""
+    if mapper.cfg.kind != "memorizing":
+        raise ValueError(f"a {mapper.cfg.kind} mapper has no memory to shut")
+    gates = [layer.gate for layer in mapper.transformer.layers if isinstance(layer, KNNBlock)]
+    saved = [gate.detach().clone() for gate in gates]
+    with torch.no_grad():
+        for gate in gates:
+            gate.fill_(float("-inf"))
+    try:
+        yield mapper
+    finally:
+        with torch.no_grad():
+            for gate, value in zip(gates, saved):
+                gate.copy_(value)
 
 
 def build_mapper(cfg: MapperConfig) -> nn.Module:

@@ -6,16 +6,20 @@ event it saw, in the right order, and misses every other one, scores the fractio
 events shown on at least one of its frames. ``uniform`` and ``last`` see W frames; ``memorizing``
 (chunk by chunk) and a window as long as the clip see all of them; ``mean`` (and ClipCap's image
 mappers) sees every event but in one averaged token, which keeps no order: a recogniser can only
-guess it, and a random order of m events puts 1/m of them in place on average.
+guess it, and a random order of m events puts 1/m of them in place on average. A memorizing run
+with its memory shut sees its final chunk (the last W frames); an ``oracle`` run sees every event.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from clipmemcap.core.config import Config
 from clipmemcap.core.grid import grid_range
+from clipmemcap.core.layout import gate_shut_run
 from clipmemcap.model.mappers import MapperConfig, select_frames
 from clipmemcap.sources.benchmark import plan
 
@@ -34,10 +38,16 @@ def ceilings(cfg: Config, rows: list[dict]) -> dict[str, np.ndarray]:
     """Per run: each test clip's ceiling, for the clips of ``rows`` (an evaluation's predictions)."""
     videos = plan(cfg.benchmark, cfg.activitynet.subset)["val_1.json"]
     fps, event_s = cfg.activitynet.fps, cfg.benchmark.event_s
-    out = {}
+    views = {}
     for run in cfg.finetune.runs:
         mapper, overrides, _ = cfg.finetune.run(run, cfg.finetune.seeds[0])
-        mapper_cfg = MapperConfig.load(mapper, **overrides)
+        views[run] = MapperConfig.load(mapper, **overrides)
+        if cfg.finetune.runs[run].frames == "oracle":
+            views[run] = replace(views[run], kind="memorizing")  # sees every event, in order
+        elif views[run].kind == "memorizing":
+            views[gate_shut_run(run)] = replace(views[run], kind="temporal", frame_policy="last")
+    out = {}
+    for run, mapper_cfg in views.items():
         scores = []
         for row in rows:
             clip = videos[row["video_id"]].clips[row["segment"]]

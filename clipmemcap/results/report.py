@@ -8,7 +8,8 @@ Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and see
                                        ``slot_accuracy_long_margin`` (the run minus the best other
                                        run) and ``slot_accuracy_long_margin_ci95``: the paired 95 %
                                        interval of ``report.memory_run`` minus the run (paired.py)
-    metrics/hypotheses.json            the verdicts of reports/protocol.md's hypotheses H1-H4
+    metrics/hypotheses.json            the verdicts of reports/protocol.md's hypotheses H1-H4, and
+                                       the exploratory ``report.comparisons`` (a minus b)
     metrics/run.json                   the entry of one run (``report.run``) under plain metric
                                        names, so that ``dvc metrics diff`` between two experiments
                                        that pick different runs lines them up (README)
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from clipmemcap.core.atomic import write_json  # noqa: E402
 from clipmemcap.core.config import Config, run_command, settings_parser  # noqa: E402
-from clipmemcap.core.layout import Layout, run_name  # noqa: E402
+from clipmemcap.core.layout import Layout, gate_shut_run, run_name  # noqa: E402
 from clipmemcap.results.ceilings import ceilings  # noqa: E402
 from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci  # noqa: E402
 from clipmemcap.results.slots import clip_scores as slot_clip_scores  # noqa: E402
@@ -83,18 +84,27 @@ class Scores:
 
 
 def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], Scores | None]:
-    """Per run: each caption metric's values over seeds; and the per-clip slot scores."""
+    """Per run: each caption metric's values over seeds; and the per-clip slot scores. A memorizing
+    run decoded with its memory shut too (evaluate.py) adds the run ``<run>-gate-shut``."""
     metrics, predictions, layout = {}, {}, Layout.of(cfg)
     for run in cfg.finetune.runs:
-        metrics[run], predictions[run] = {}, []
         for seed in cfg.finetune.seeds:
             path = layout.run_metrics(run, seed)
             if not path.exists():
                 raise FileNotFoundError(f"no evaluation of {run_name(run, seed)} ({path}): run its evaluate stage first")
-            for key, value in json.loads(path.read_text()).items():
-                metrics[run].setdefault(key, []).append(value)
-            if cfg.report.slot_accuracy:
-                predictions[run].append(json.loads((layout.evaluation(run, seed) / "predictions.json").read_text()))
+            values = json.loads(path.read_text())
+            decodings = {run: (values, False)}
+            if "gate_shut" in values:
+                decodings[gate_shut_run(run)] = values.pop("gate_shut"), True
+            for name, (scores, shut) in decodings.items():
+                for key, value in scores.items():
+                    metrics.setdefault(name, {}).setdefault(key, []).append(value)
+                if cfg.report.slot_accuracy:
+                    predictions.setdefault(name, []).append(json.loads(layout.predictions(run, seed, shut).read_text()))
+    for name, values in metrics.items():
+        if len(values["clips"]) != len(cfg.finetune.seeds):
+            raise ValueError(f"{name} was evaluated for only some of the seeds {list(cfg.finetune.seeds)}: "
+                             "run the evaluate stages again")
     return metrics, Scores(cfg, predictions) if cfg.report.slot_accuracy else None
 
 
@@ -122,6 +132,8 @@ def summarise(cfg: Config, metrics: dict[str, dict[str, list[float]]], scores: S
         if run != memory and memory in summary:
             values["slot_accuracy_long_margin_ci95"] = difference_ci(scores.long(memory), scores.long(run))
     for run, per_clip in ceilings(cfg, scores.rows).items():
+        if run not in summary:  # a memorizing run decoded only with its memory open
+            continue
         summary[run]["slot_accuracy_long_ceiling"] = float(per_clip[~scores.short].mean())
         summary[run]["slot_accuracy_short_ceiling"] = float(per_clip[scores.short].mean())
     return summary
@@ -170,6 +182,15 @@ def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[st
     for name, (other, claim, line, above) in claims.items():
         out[name] = {"claim": claim, **margin(other, line, above)} if {memory, other} <= runs else \
             {"claim": claim, "verdict": "not run"}
+    for name, (a, b) in rep.comparisons.items():
+        claim = f"exploratory: {a} minus {b} on long clips"
+        if not {a, b} <= runs:
+            out[name] = {"claim": claim, "verdict": "not run"}
+            continue
+        ci = difference_ci(scores.long(a), scores.long(b))
+        ahead = f"{a} ahead" if ci[0] > 0 else f"{b} ahead" if ci[1] < 0 else "no difference shown"
+        estimate = summary[a]["slot_accuracy_long"] - summary[b]["slot_accuracy_long"]
+        out[name] = {"claim": claim, "estimate": round(estimate, 6), "ci95": ci, "verdict": ahead}
     return out
 
 
@@ -201,7 +222,7 @@ def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
 
 
 def _hypotheses_table(verdicts: dict[str, dict]) -> str:
-    lines = ["", "Pre-registered hypotheses (reports/protocol.md):", "",
+    lines = ["", "Pre-registered hypotheses (reports/protocol.md) and exploratory comparisons (report.comparisons):", "",
              "| | claim | estimate | 95 % interval | verdict |", "|---|---|---|---|---|"]
     for name, h in verdicts.items():
         ci = f"[{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" if "ci95" in h else ""

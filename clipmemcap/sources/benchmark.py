@@ -169,6 +169,12 @@ def plan(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[str, dict[str, Benc
     return files
 
 
+
+def event_starts(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[tuple[str, int], list[float]]:
+    """Every clip's event start times, seconds from the clip's start, by (video id, segment)."""
+    return {(video_id, segment): list(clip.starts) for videos in plan(cfg, subset).values()
+            for video_id, video in videos.items() for segment, clip in enumerate(video.clips)}
+
 def write_images(cfg: BenchmarkConfig, out_dir: Path) -> None:
     """The pre-training set, in COCO's Karpathy format: still frames that each show one event
     among the distractors, captioned "a red circle." (a tenth of them in the ``val`` split)."""

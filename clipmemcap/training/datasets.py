@@ -63,6 +63,44 @@ class ActivityNetClips:
         return Sample((row["video_id"], row["segment"]), embeddings, times - np.float32(row["start"]), row["caption"])
 
 
+def oracle_frames(times: np.ndarray, events: list[float], event_s: float, window: int) -> np.ndarray:
+    """Indices of at most ``window`` frames of a clip (frame times [n], seconds) that show every
+    event (start times, each ``event_s`` long): the frames the ``uniform`` policy picks, each
+    unseen event's middle frame put in place of the nearest pick that shows no event."""
+    n = len(times)
+    if n <= window:
+        return np.arange(n)
+    picks = np.round(np.arange(window) * (n - 1) / max(window - 1, 1)).astype(int)
+    shows = lambda start: (times[picks] >= start) & (times[picks] < start + event_s)  # noqa: E731
+    kept = np.any([shows(start) for start in events], axis=0)  # picks that show an event stay
+    for start in events:
+        if shows(start).any():
+            continue
+        middle = int(np.argmin(np.abs(times - (start + event_s / 2))))
+        slot = min(np.flatnonzero(~kept), key=lambda i: abs(picks[i] - middle))
+        picks[slot], kept[slot] = middle, True
+    return np.unique(picks)
+
+
+class OracleClips:
+    """Clips cut down to the frames that show their events (:func:`oracle_frames`): the ``oracle``
+    frames of a run, which needs each clip's event times (the benchmark knows them)."""
+
+    def __init__(self, clips: ActivityNetClips, events: dict[tuple[str, int], list[float]], event_s: float,
+                 window: int):
+        self.clips, self.rows, self.events, self.event_s, self.window = clips, clips.rows, events, event_s, window
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = self.clips[i]
+        if sample.key not in self.events:
+            raise KeyError(f"no event times for clip {sample.key}: oracle frames need the benchmark's clips")
+        index = oracle_frames(sample.times, self.events[sample.key], self.event_s, self.window)
+        return Sample(sample.key, sample.frames[index], sample.times[index], sample.caption)
+
+
 class CocoCaptions:
     def __init__(self, paths: CocoPaths, splits: tuple[str, ...]):
         _verified(paths.out, {"captions.parquet"}, "dvc repro coco")

@@ -23,7 +23,8 @@ from clipmemcap.core.layout import CLIP_SETTINGS, Layout, read_manifest
 from clipmemcap.model.captioner import CaptionModel, gpt2_source, stop_ids
 from clipmemcap.model.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
 from clipmemcap.model.prefix_lm import PrefixLM, caption_vocabulary, load_gpt2, load_tokenizer
-from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, frame_statistics
+from clipmemcap.sources.benchmark import event_starts
+from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, OracleClips, frame_statistics
 from clipmemcap.training.loop import train
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ def pretrain(cfg: Config) -> dict:
                  live_dir=layout.pretrain_logs, fingerprint=_fingerprint(cfg, model, coco.out))
 
 
+def run_clips(cfg: Config, run: str, split: str) -> ActivityNetClips | OracleClips:
+    """The clips of ``split`` as ``run`` sees them: every frame, or its oracle frames (benchmark only)."""
+    clips = ActivityNetClips(Layout.of(cfg).activitynet, split)
+    mapper, overrides, _ = cfg.finetune.run(run, 0)
+    if cfg.finetune.runs[run].frames == "all":
+        return clips
+    window = MapperConfig.load(mapper, **overrides).window
+    return OracleClips(clips, event_starts(cfg.benchmark, cfg.activitynet.subset), cfg.benchmark.event_s, window)
+
+
 def initial_finetune_model(cfg: Config, run: str, seed: int, tokenizer=None,
                            vocabulary: list[int] | None = None) -> tuple[CaptionModel, list[str]]:
     """The fine-tuning model before training: GPT-2 as pre-training left it (when it was trained
@@ -90,7 +101,7 @@ def finetune(cfg: Config, run: str, seed: int) -> dict:
     layout = Layout.of(cfg)
     data, out = layout.activitynet, layout.finetune(run, seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    train_data, val_data = ActivityNetClips(data, "train"), ActivityNetClips(data, "val")
+    train_data, val_data = run_clips(cfg, run, "train"), run_clips(cfg, run, "val")
     model, _ = initial_finetune_model(cfg, run, seed, tokenizer, _vocabulary(cfg, tokenizer, train_data, val_data))
     metrics = train(model, train_data, val_data, tokenizer,
                     cfg.finetune.run(run, seed)[2], out, live_dir=layout.finetune_logs(run, seed),
