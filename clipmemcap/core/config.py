@@ -174,7 +174,7 @@ class ModelConfig(Strict):
     tokenizer: str = Field("clipmemcap/model/gpt2_tokenizer", description="hub name or a folder with vocab.json and merges.txt")
     finetune_lm: bool = True  # false: GPT-2 frozen, only the mapper trains
     vocabulary: Literal["full", "captions"] = Field(
-        "full", description="captions: GPT-2's output layer scores only the tokens of the training "
+        "captions", description="captions: GPT-2's output layer scores only the tokens of the training "
                                 "(and validation) captions; full: all of GPT-2's tokens")
 
 
@@ -195,7 +195,7 @@ class PretrainConfig(StageTrainConfig):
     mapper_overrides: dict[str, Any] = BENCHMARK_MAPPER
     train_splits: tuple[str, ...] = ("train",)
     val_splits: tuple[str, ...] = ("val",)
-    train: TrainConfig = TrainConfig(batch_size=32, epochs=4)
+    train: TrainConfig = TrainConfig(lr=2e-3, batch_size=32, epochs=4)
 
 
 class RunConfig(Strict):
