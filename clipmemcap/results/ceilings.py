@@ -2,8 +2,9 @@
 
 On the benchmark the events of every test clip are known (the benchmark's plan redraws them), so
 for each frame policy one can say which events its frames show: a recogniser that names every
-event it saw, in the right order, and misses every other one, scores the fraction of the clip's
-events shown on at least one of its frames. ``uniform`` and ``last`` see W frames; ``memorizing``
+event it saw, in the right order, and guesses every other one (right with probability 1 / kinds,
+kinds = colours x shapes), scores the fraction of the clip's events shown on at least one of its
+frames plus that guess for the rest. ``uniform`` and ``last`` see W frames; ``memorizing``
 (chunk by chunk) and a window as long as the clip see all of them; ``mean`` (and ClipCap's image
 mappers) sees every event but in one averaged token, which keeps no order: a recogniser can only
 guess it, and a random order of m events puts 1/m of them in place on average. A memorizing run
@@ -38,6 +39,7 @@ def ceilings(cfg: Config, rows: list[dict]) -> dict[str, np.ndarray]:
     """Per run: each test clip's ceiling, for the clips of ``rows`` (an evaluation's predictions)."""
     videos = plan(cfg.benchmark, cfg.activitynet.subset)["val_1.json"]
     fps, event_s = cfg.activitynet.fps, cfg.benchmark.event_s
+    guess = 1.0 / (len(cfg.benchmark.colours) * len(cfg.benchmark.shapes))  # an unseen event's kind, at random
     views = {}
     for run in cfg.finetune.runs:
         mapper, overrides, _ = cfg.finetune.run(run, cfg.finetune.seeds[0])
@@ -56,7 +58,7 @@ def ceilings(cfg: Config, rows: list[dict]) -> dict[str, np.ndarray]:
             if seen is None:
                 scores.append(1.0 / len(clip.starts))
                 continue
-            shown = [bool(np.any((times[seen] >= start) & (times[seen] < start + event_s))) for start in clip.starts]
-            scores.append(float(np.mean(shown)))
+            shown = np.array([np.any((times[seen] >= start) & (times[seen] < start + event_s)) for start in clip.starts])
+            scores.append(float(np.mean(shown + ~shown * guess)))
         out[run] = np.array(scores)
     return out

@@ -203,7 +203,7 @@ def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     if "slot_accuracy_long_ceiling" in next(iter(summary.values())):
         lines += ["", "Ceilings: the slot accuracy of a perfect recogniser that sees what the run sees "
-                      "(the events on its frames, in order; `mean` keeps no order).", "",
+                      "(the events on its frames, in order, and a guess at the others; `mean` keeps no order).", "",
                   "| run | long clips | control clips |", "|---|---|---|"]
         lines += [f"| {run} | {v['slot_accuracy_long_ceiling']:.3f} | {v['slot_accuracy_short_ceiling']:.3f} |"
                   for run, v in summary.items()]
