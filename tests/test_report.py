@@ -140,7 +140,13 @@ def test_a_memorizing_run_decoded_with_its_memory_shut_is_a_run_of_its_own(cfg, 
         evaluation(cfg, "memorizing", seed, 4, 2, 0.4, gate_shut=(1, 2))
         evaluation(cfg, "last", seed, 1, 2, 0.2)
         evaluation(cfg, "oracle", seed, 3, 2, 0.3)
+        curve = Layout.finetune_logs("memorizing", seed) / "plots" / "metrics" / "val" / "loss.tsv"
+        curve.parent.mkdir(parents=True)
+        curve.write_text("step\tloss\n50\t0.9\n100\t0.5\n150\t0.7\n" if seed == 0 else "step\tloss\n50\t0.8\n")
     summary = report(cfg)
+    table = (Layout.results / "results.md").read_text()
+    assert "| memorizing | 3 / 1 | 2 / 1 | 0.500 / 0.800 |" in table  # epochs run, best epoch, lowest loss
+    assert (Layout.results / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     shut = summary["memorizing-gate-shut"]
     assert shut["slot_accuracy_long"] == pytest.approx(0.25) and shut["bleu_4"] == pytest.approx(0.2)
     low, high = shut["slot_accuracy_long_margin_ci95"]  # memorizing minus itself with the memory shut

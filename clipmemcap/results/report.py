@@ -17,6 +17,8 @@ Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and see
     reports/results/slot_accuracy.csv  slot accuracy per clip-length bin and run, with 95 % intervals
     reports/results/plot.png           slot accuracy vs clip length with interval bands (benchmark),
                                        else the caption metrics per run
+    reports/results/learning_curves.png  every run's and seed's validation loss after each epoch
+                                       (with the epochs run and the best one in results.md)
 
 Short clips (at most ``benchmark.short_s[1]`` seconds) are the control set; every longer clip
 counts as long.
@@ -270,6 +272,42 @@ def _plot(path: Path, summary: dict, bins: dict) -> None:
     plt.close(fig)
 
 
+def learning_curves(cfg: Config) -> dict[str, list[np.ndarray]]:
+    """Per run: each seed's validation loss after every epoch, ``[epochs, 2]`` (step, loss), from
+    the fine-tuning logs (dvclive's ``plots/metrics/val/loss.tsv``)."""
+    curves = {}
+    for run in cfg.finetune.runs:
+        for seed in cfg.finetune.seeds:
+            path = Layout.finetune_logs(run, seed) / "plots" / "metrics" / "val" / "loss.tsv"
+            if path.exists():
+                curves.setdefault(run, []).append(np.loadtxt(path, skiprows=1, ndmin=2))
+    return curves
+
+
+def _plot_learning_curves(path: Path, curves: dict[str, list[np.ndarray]]) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (run, seeds) in enumerate(curves.items()):
+        for j, curve in enumerate(seeds):
+            ax.plot(curve[:, 0], curve[:, 1], color=f"C{i % 10}", alpha=0.8, label=run if j == 0 else None)
+    ax.set(xlabel="step", ylabel="validation loss", title="Fine-tuning: validation loss after each epoch (one line a seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _training_table(curves: dict[str, list[np.ndarray]]) -> str:
+    lines = ["", "Training: epochs run and the epoch of the lowest validation loss, per seed "
+                 "(a best epoch equal to the last one: still improving).", "",
+             "| run | epochs run | best epoch | lowest validation loss |", "|---|---|---|---|"]
+    for run, seeds in curves.items():
+        lines.append(f"| {run} | " + " / ".join(str(len(c)) for c in seeds) + " | "
+                     + " / ".join(str(int(c[:, 1].argmin()) + 1) for c in seeds) + " | "
+                     + " / ".join(f"{c[:, 1].min():.3f}" for c in seeds) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(cfg: Config) -> dict:
     if cfg.report.run not in cfg.finetune.runs:
         raise ValueError(f"report.run {cfg.report.run!r} is not one of finetune.runs ({', '.join(cfg.finetune.runs)})")
@@ -286,6 +324,10 @@ def report(cfg: Config) -> dict:
         write_json(Layout.hypotheses, verdicts)
         text += _hypotheses_table(verdicts)
         bins = _bins(cfg, scores)
+    curves = learning_curves(cfg)
+    if curves:
+        text += _training_table(curves)
+        _plot_learning_curves(out_dir / "learning_curves.png", curves)
     (out_dir / "results.md").write_text(text)
     with open(out_dir / "slot_accuracy.csv", "w", newline="") as out:
         writer = csv.writer(out)
