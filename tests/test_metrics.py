@@ -64,13 +64,13 @@ def test_child_stderr_is_held_and_shown_only_when_the_block_fails(capfd):
     import subprocess
     import sys
 
-    from clipmemcap.evaluation.metrics import _java_stderr_shown_only_on_failure
+    from clipmemcap.evaluation.metrics import java_stderr_shown_only_on_failure
 
     speak = [sys.executable, "-c", "import sys; sys.stderr.write('tokenized 39 tokens')"]
-    with _java_stderr_shown_only_on_failure():
+    with java_stderr_shown_only_on_failure():
         subprocess.run(speak, check=True)
     assert "tokenized" not in capfd.readouterr().err
-    with pytest.raises(RuntimeError), _java_stderr_shown_only_on_failure():
+    with pytest.raises(RuntimeError), java_stderr_shown_only_on_failure():
         subprocess.run(speak, check=True)
         raise RuntimeError("the tokenizer failed")
     assert "tokenized 39 tokens" in capfd.readouterr().err

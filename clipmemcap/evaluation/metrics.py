@@ -25,12 +25,12 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 def _tokenised(captions: dict[Hashable, list[str]]) -> dict[str, list[str]]:
     keyed = {str(i): [{"caption": c} for c in texts] for i, texts in enumerate(captions.values())}
-    with _java_stderr_shown_only_on_failure():  # it reports its speed on every call
+    with java_stderr_shown_only_on_failure():  # it reports its speed on every call
         return PTBTokenizer().tokenize(keyed)
 
 
 @contextlib.contextmanager
-def _java_stderr_shown_only_on_failure() -> Iterator[None]:
+def java_stderr_shown_only_on_failure() -> Iterator[None]:
     """Hold what child processes write to stderr (file descriptor 2) while the block runs; pass it
     on only if the block fails, where it explains why."""
     sys.stderr.flush()
