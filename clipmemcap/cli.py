@@ -77,6 +77,29 @@ def cmd_caption(args) -> None:
         print(f"{timestamp(row['start'])} - {timestamp(row['end'])}  {row['caption']}", flush=True)
 
 
+def cmd_subset(args) -> None:
+    from clipmemcap.core.layout import Layout, read_manifest
+    from clipmemcap.sources.activitynet import download_annotations, subset_annotations
+
+    cfg = _config(args)
+    paths = Layout.of(cfg).activitynet
+    manifest = read_manifest(paths.out)
+    if "video_ids" not in manifest:
+        raise ValueError(f"{paths.out / 'manifest.json'} lists no video ids (made by an older version): run the "
+                         "activitynet flow again")
+    files = subset_annotations(download_annotations(cfg.activitynet.annotations_url, paths.annotations),
+                               manifest["video_ids"])
+    if args.out is None:
+        print(json.dumps(files, indent=2))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, entries in files.items():
+        (out / name).write_text(json.dumps(entries, indent=2) + "\n")
+    (out / "splits.json").write_text(json.dumps(manifest["video_ids"], indent=2) + "\n")
+    print(f"wrote {', '.join(f'{name} ({len(entries)} videos)' for name, entries in files.items())} to {out}")
+
+
 def cmd_synth_coco(args) -> None:
     from clipmemcap.sources.synthetic import make_coco_source
 
@@ -116,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     which = caption.add_mutually_exclusive_group()
     which.add_argument("--segments", nargs="+", metavar="START-END", help="segments in seconds, e.g. 0-30 42.5-60")
     which.add_argument("--window", type=float, metavar="SECONDS", help="consecutive fixed windows, e.g. 30")
-    caption.add_argument("--checkpoint", help="a fine-tuning run folder (storage/models/finetune/<run>-<seed>); "
-                         "default: the latest one")
+    caption.add_argument("--checkpoint", help="an exported captioner (storage/captioners/<run>-<seed>) or a "
+                         "fine-tuning run folder (storage/models/finetune/<run>-<seed>); default: the latest run")
     caption.add_argument("--json", action="store_true", help="print JSON instead of lines")
     caption.set_defaults(func=cmd_caption)
+    subset = with_settings(sub.add_parser(
+        "subset", help="the ActivityNet videos the ingested dataset used, in the annotation files' format",
+        description="Write train.json, val_1.json and val_2.json restricted to the videos the ingested dataset "
+                    "used (its manifest's video ids; entries unchanged), and splits.json (the ids per split), so "
+                    "that others can reproduce the same subset: a zip of the three files as "
+                    "activitynet.annotations_url, with subset.train_videos and test_videos at the counts used, "
+                    "ingests the same videos (the train/val division is drawn again from subset.seed)."))
+    subset.add_argument("--out", help="a folder for the three files (default: print them as one JSON object)")
+    subset.set_defaults(func=cmd_subset)
     ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
     ingest.add_argument("dataset", choices=["activitynet", "coco"])
     ingest.set_defaults(func=cmd_ingest)

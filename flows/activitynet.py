@@ -34,7 +34,8 @@ from clipmemcap.core.storage_lock import storage_lock
 from clipmemcap.core.shards import readable_frame_shard
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import Embedded, VideoJob, embed_videos, encoder_settings, prepare_shard_dir, save_frames
-from clipmemcap.sources.activitynet import Video, download_annotations, load_annotations, write_activitynet_tables
+from clipmemcap.sources.activitynet import (Video, download_annotations, load_annotations, second_references,
+                                            write_activitynet_tables)
 from clipmemcap.sources.http import PermanentDownloadError, RunStoppingError
 from clipmemcap.sources.selection import fill, plan_streams
 from clipmemcap.sources.video_download import fetch_video
@@ -157,7 +158,8 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
         shortfall = {split: n for stream in streams for split, n in stream.shortfall().items()}
         if shortfall:
             logger.warning("candidates ran out; videos missing per split: %s", shortfall)
-        manifest = write_activitynet_tables(paths, chosen, failures, net.fps, {
+        references = {"val_2": second_references(chosen.get("test", []), files["val_2.json"])}
+        manifest = write_activitynet_tables(paths, chosen, references, failures, net.fps, {
             "dataset": "activitynet-captions",
             "annotations_url": redact_url(net.annotations_url),
             "clip": settings,

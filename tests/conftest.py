@@ -134,6 +134,14 @@ class FaultyServer:
                     return self.send_error(500)
                 return super().do_GET()
 
+            def end_headers(self):
+                # an ETag, as real file servers send: DVC identifies a URL dependency by it
+                file = server.root / self.path.split("?")[0].lstrip("/")
+                if file.is_file():
+                    stat = file.stat()
+                    self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"')
+                super().end_headers()
+
             do_HEAD = do_GET
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

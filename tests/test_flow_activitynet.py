@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yt_dlp
 
+from clipmemcap.cli import main
 from clipmemcap.frames import embed as ingest
 from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.core.grid import grid_range
@@ -180,6 +182,32 @@ def test_flow_end_to_end_with_every_fault(tmp_path, http_server, prefect_server,
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["clip"]["embed_dim"] == 64 and manifest["fps"] == 5
     assert manifest["counts"]["failures"] == len(failures)
+
+    # provenance: the videos of each split and the tools that fetched, decoded and embedded them
+    assert manifest["video_ids"] == {split: sorted(set(table.video_id)) for split, table in segments.items()}
+    tools = manifest["tools"]
+    assert tools["yt-dlp"] == yt_dlp.version.__version__ and tools["torch"] == torch.__version__
+    assert tools["open_clip"] == open_clip.__version__ and tools["ffmpeg"][0].isdigit()
+    assert "javascript_runtime" in tools  # None here: yt-dlp finds no deno on this machine
+
+    # val_2, the test videos' second reference set, travels with the segments
+    val_2 = pq.read_table(out / "references" / "val_2.parquet").to_pylist()
+    expected = [(v, float(np.float32(a)), float(np.float32(min(b, entry["duration"]))), text.strip())
+                for v, entry in sorted(src.annotations["val_2.json"].items()) if v in manifest["video_ids"]["test"]
+                for (a, b), text in sorted(zip(entry["timestamps"], entry["sentences"]))]
+    assert expected and [(r["video_id"], r["start"], r["end"], r["caption"]) for r in val_2] == expected
+    assert manifest["counts"]["references"] == {"val_2": len(expected)}
+    assert "references/val_2.parquet" in manifest["files"]
+
+    # the subset list, in the annotation files' format, entries as the source has them
+    settings = [a for o in overrides(http_server, storage, source) for a in ("--set", o)]
+    main(["subset", "--params", str(ROOT / "params.yaml"), *settings, "--out", str(tmp_path / "subset")])
+    written = {name: json.loads((tmp_path / "subset" / name).read_text()) for name in ("train.json", "val_1.json", "val_2.json")}
+    assert sorted(written["train.json"]) == sorted(manifest["video_ids"]["train"] + manifest["video_ids"]["val"])
+    assert sorted(written["val_1.json"]) == manifest["video_ids"]["test"]
+    for name, entries in written.items():
+        assert entries == {v: src.annotations[name][v] for v in entries}
+    assert json.loads((tmp_path / "subset" / "splits.json").read_text()) == manifest["video_ids"]
 
 
 def run_flow(args: list[str]) -> subprocess.Popen:

@@ -241,6 +241,7 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(32, ge=1)
     stop_at_period: bool = True  # stop at "." as well as at end-of-text, as ClipCap does
     gate_shut: bool = Field(True, description="decode memorizing runs a second time with the memory shut")
+    dense_protocol: bool = Field(False, description="also score by ActivityNet's official protocol (val_1 + val_2)")
 
 
 class ReportConfig(Strict):

@@ -2,12 +2,14 @@
 
     <root>/benchmark/                 the long-range benchmark's sources (videos, captions.zip, images)
     <root>/activitynet/               frames/<video_id>.parquet, segments/<split>.parquet,
-                                      failures.parquet, manifest.json
+                                      references/val_2.parquet, failures.parquet, manifest.json
     <root>/coco/                      images/shard-<k>.parquet, captions.parquet, failures.parquet,
                                       manifest.json
     <root>/models/pretrain/           pre-training (best/, last/)
     <root>/models/finetune/<run>-<seed>/   fine-tuning of one run and seed, with clip.json
-    <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json, predictions_gate_shut.json
+    <root>/evaluation/<run>-<seed>/   predictions.json, dense_captions.json, predictions_gate_shut.json,
+                                      dense_protocol.json (evaluate.dense_protocol)
+    <root>/captioners/<run>-<seed>/   the run exported to share, with its model card
     <root>/.{activitynet,coco}.lock   the run lock of each data flow (clipmemcap.core.storage_lock)
     <cache>/{activitynet,coco}/       downloads; <cache>/caption/: `caption`'s downloads
 
@@ -31,6 +33,7 @@ MANIFEST = "manifest.json"
 ENCODER_SETTINGS = "_encoder.json"  # in a shard folder: the CLIP settings its shards were made with
 CLIP_SETTINGS = "clip.json"  # in a fine-tuning run's folder: the CLIP its training frames came from
 VOCABULARY = "vocabulary.json"  # beside saved weights: the token ids a restricted output layer scores
+CAPTIONER = "captioner.json"  # in an exported captioner's folder (clipmemcap.evaluation.export)
 
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -133,6 +136,14 @@ class ActivityNetPaths:
         return self.segments / f"{split}.parquet"
 
     @property
+    def references(self) -> Path:
+        return self.out / "references"
+
+    def references_table(self, name: str) -> Path:
+        """A further reference set of the test videos, e.g. ``val_2``: segments with captions, no frames."""
+        return self.references / f"{name}.parquet"
+
+    @property
     def failures(self) -> Path:
         return self.out / "failures.parquet"
 
@@ -223,6 +234,9 @@ class Layout:
 
     def evaluation(self, run: str, seed: int) -> Path:
         return self.root / "evaluation" / run_name(run, seed)
+
+    def captioner(self, run: str, seed: int) -> Path:
+        return self.root / "captioners" / run_name(run, seed)
 
     def predictions(self, run: str, seed: int, gate_shut: bool = False) -> Path:
         """One row per test clip; ``gate_shut``: a memorizing run's, decoded with its memory shut."""

@@ -4,8 +4,11 @@ each file lives is :mod:`clipmemcap.core.layout`'s; README "Data layout" shows b
 ActivityNet (``<out>`` = ``storage/activitynet``):
     <out>/frames/<video_id>.parquet   video_id: string, t: float32 (s), embedding: fixed_size_list<D>
     <out>/segments/<split>.parquet    video_id, segment: int32, start, end: float32, caption, split
+    <out>/references/val_2.parquet    the test videos' segments in val_2.json (same columns, split
+                                      "test"): the second reference set of the official evaluation
     <out>/failures.parquet            video_id, stage, reason: string
-    <out>/manifest.json               CLIP model, fps, image size, counts, schema version
+    <out>/manifest.json               CLIP model, fps, image size, counts, schema version, the
+                                      video ids of each split, the tools' versions, file digests
 COCO (``<out>`` = ``storage/coco``):
     <out>/images/shard-<k>.parquet    image_id: int64, embedding: fixed_size_list<D>; ids in
                                       [k * shard_span, (k + 1) * shard_span)

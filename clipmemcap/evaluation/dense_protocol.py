@@ -92,6 +92,16 @@ def read_references(path: Path) -> dict[str, dict]:
     return data
 
 
+def references_from_rows(rows: list[dict]) -> dict[str, dict]:
+    """Segment rows (``video_id``, ``start``, ``end``, ``caption``) in the annotation files' layout."""
+    references: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: (r["video_id"], r["start"], r["end"])):
+        entry = references.setdefault(row["video_id"], {"timestamps": [], "sentences": []})
+        entry["timestamps"].append([float(row["start"]), float(row["end"])])
+        entry["sentences"].append(row["caption"])
+    return references
+
+
 def _pairs(predictions: dict[str, list[dict]], references: list[dict[str, dict]], threshold: float,
            videos: list[str]) -> dict[str, list[tuple[str, str]]]:
     """Per video: the (prediction, reference sentence) pairs scored at ``threshold``."""

@@ -4,10 +4,19 @@
 
 Writes ``<root>/evaluation/<run>-<seed>/predictions.json`` (one row per clip: ids, times, frame
 count, prediction, reference), ``dense_captions.json`` (the dense-captioning evaluator's format)
-and the caption metrics to ``metrics/runs/<run>-<seed>.json``. A memorizing run is also decoded
+and the caption metrics to ``metrics/runs/<run>-<seed>.json``; then exports the run to share
+(``<root>/captioners/<run>-<seed>/``, :mod:`clipmemcap.evaluation.export`). A memorizing run is also decoded
 with its memory shut (``evaluate.gate_shut``: every kNN gate at 0, local attention only, the same
 weights): ``predictions_gate_shut.json`` and the metrics' ``gate_shut`` entry. The report lists it
 as the run ``<run>-gate-shut``: what the run's weights recognise without retrieval.
+
+With ``evaluate.dense_protocol`` (the real experiment), the predictions are also scored by
+ActivityNet's official protocol (:mod:`clipmemcap.evaluation.dense_protocol`) against the test
+videos' val_1 segments and their val_2 annotations (``references/val_2.parquet``): pooled as the
+evaluator's ``-r val_1.json val_2.json`` does (metrics ``protocol_<metric>``), against each file
+alone (``protocol_val_1_<metric>``, ``protocol_val_2_<metric>``) and the mean of those two, as MDVC
+and BMT report (``protocol_mean_<metric>``); the whole output, per tIoU threshold, in
+``dense_protocol.json``.
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ from tqdm import tqdm
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.config import Config, run_command, settings_parser
 from clipmemcap.core.layout import Layout
+from clipmemcap.evaluation import dense_protocol
+from clipmemcap.evaluation.export import export_captioner
 from clipmemcap.evaluation.metrics import caption_metrics, dense_captioning_results
 from clipmemcap.model.beam import beam_search, captions
 from clipmemcap.model.captioner import load_caption_model, stop_ids
 from clipmemcap.model.mappers import memory_shut
-from clipmemcap.training.datasets import ActivityNetClips, OracleClips, collate
+from clipmemcap.training.datasets import ActivityNetClips, OracleClips, collate, reference_rows
 from clipmemcap.training.stages import run_clips
 
 
@@ -51,6 +62,29 @@ def score(rows: list[dict]) -> dict:
     return {**metrics, "clips": len(rows)}
 
 
+PER_FILE = ("bleu_3", "bleu_4", "meteor", "cider")  # the published tables' columns
+
+
+def official_protocol(rows: list[dict], val_2: list[dict]) -> dict[str, dict]:
+    """The official scores of the predictions in ``rows`` (whose references are val_1's) against
+    val_1 and val_2 pooled, and against each alone."""
+    submission = dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows])["results"]
+    first = dense_protocol.references_from_rows([{**r, "caption": r["reference"]} for r in rows])
+    second = dense_protocol.references_from_rows(val_2)
+    files = {"val_1+val_2": [first, second], "val_1": [first], "val_2": [second]}
+    return {name: dense_protocol.evaluate(submission, references) for name, references in files.items()}
+
+
+def protocol_metrics(scores: dict[str, dict]) -> dict[str, float]:
+    """The official scores' means over thresholds, as flat metrics."""
+    flat = {f"protocol_{k}": v for k, v in scores["val_1+val_2"]["mean"].items()}
+    for name in ("val_1", "val_2"):
+        flat |= {f"protocol_{name}_{k}": scores[name]["mean"][k] for k in PER_FILE}
+    # what MDVC and BMT report: the mean of the scores against each file
+    flat |= {f"protocol_mean_{k}": (flat[f"protocol_val_1_{k}"] + flat[f"protocol_val_2_{k}"]) / 2 for k in PER_FILE}
+    return flat
+
+
 def evaluate(cfg: Config, run: str, seed: int) -> dict:
     layout = Layout.of(cfg)
     model, tokenizer = load_caption_model(cfg, layout.finetune(run, seed))
@@ -60,12 +94,17 @@ def evaluate(cfg: Config, run: str, seed: int) -> dict:
     write_json(layout.predictions(run, seed), rows)
     write_json(layout.evaluation(run, seed) / "dense_captions.json",
                dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))
+    if cfg.evaluate.dense_protocol:
+        official = official_protocol(rows, reference_rows(layout.activitynet, "val_2"))
+        write_json(layout.evaluation(run, seed) / "dense_protocol.json", official)
+        metrics |= protocol_metrics(official)
     if cfg.evaluate.gate_shut and model.mapper.cfg.kind == "memorizing":
         with memory_shut(model.mapper):
             shut = predict(cfg, model, tokenizer, clips)
         write_json(layout.predictions(run, seed, gate_shut=True), shut)
         metrics["gate_shut"] = score(shut)
     write_json(layout.run_metrics(run, seed), metrics)
+    export_captioner(cfg, run, seed, metrics)
     return metrics
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from clipmemcap.core.config import Config
 from clipmemcap.core.devices import resolve_device
-from clipmemcap.core.layout import VOCABULARY, Layout
+from clipmemcap.core.layout import CAPTIONER, VOCABULARY, Layout
 from clipmemcap.model.mappers import load_mapper
 from clipmemcap.model.prefix_lm import PrefixLM, load_gpt2, load_tokenizer
 
@@ -49,11 +49,14 @@ def gpt2_source(cfg: Config, trained: Path):
 
 
 def load_caption_model(cfg: Config, run_dir: Path) -> tuple[CaptionModel, object]:
-    """(model, tokenizer) of a fine-tuning run's best weights, in eval mode on the configured device."""
-    trained = run_dir / "best"
+    """(model, tokenizer) of a fine-tuning run's best weights, or of a captioner exported from
+    one (:mod:`clipmemcap.evaluation.export`), in eval mode on the configured device."""
+    exported = (run_dir / CAPTIONER).is_file()
+    trained = run_dir if exported else run_dir / "best"
     if not (trained / "mapper").exists():
-        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({run_dir.name}) first")
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+        raise FileNotFoundError(f"no fine-tuned model in {trained}: run the finetune stage ({run_dir.name}) first, "
+                                "or pass an exported captioner's folder")
+    tokenizer = load_tokenizer(run_dir / "tokenizer" if exported else cfg.model.tokenizer)
     # A frozen GPT-2 is not saved by fine-tuning: it is the one pre-training left (or the configured one).
     lm = gpt2_source(cfg, trained) if (trained / "gpt2").exists() else gpt2_source(cfg, Layout.of(cfg).pretrain / "best")
     vocabulary = json.loads((trained / VOCABULARY).read_text()) if (trained / VOCABULARY).exists() else None

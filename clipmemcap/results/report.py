@@ -209,6 +209,15 @@ def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
                   "| run | long clips | control clips |", "|---|---|---|"]
         lines += [f"| {run} | {v['slot_accuracy_long_ceiling']:.3f} | {v['slot_accuracy_short_ceiling']:.3f} |"
                   for run, v in summary.items()]
+    if "protocol_bleu_4" in next(iter(summary.values())):
+        columns = ("protocol_mean_bleu_3", "protocol_mean_bleu_4", "protocol_mean_meteor", "protocol_mean_cider",
+                   "protocol_bleu_4", "protocol_meteor")
+        lines += ["", "ActivityNet's official protocol on ground-truth segments (x 100; tIoU 0.3/0.5/0.7/0.9): "
+                      "the mean of the scores against val_1 and against val_2 (as MDVC and BMT report), then "
+                      "both files pooled (the evaluator's `-r val_1.json val_2.json`).", "",
+                  "| run | BLEU-3 | BLEU-4 | METEOR | CIDEr | BLEU-4 pooled | METEOR pooled |", "|---|" + "---|" * 6]
+        lines += [f"| {run} | " + " | ".join(f"{100 * v[c]:.2f}" for c in columns) + " |" for run, v in summary.items()
+                  if "protocol_bleu_4" in v]
     margins = {run: v for run, v in summary.items() if "slot_accuracy_long_margin_ci95" in v}
     if margins:
         some = next(iter(summary.values()))

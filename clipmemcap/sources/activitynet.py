@@ -20,6 +20,7 @@ from clipmemcap.core.failures import Failure
 from clipmemcap.sources.http import fetch_file, is_local
 from clipmemcap.core.grid import grid_range, merge_ranges
 from clipmemcap.core.layout import MANIFEST, ActivityNetPaths
+from clipmemcap.core.provenance import tool_versions
 from clipmemcap.core.redact import redact
 from clipmemcap.core.jsonio import AnnotationError, parse_json
 from clipmemcap.core.shards import SCHEMA_VERSION, file_digests, write_failures, write_segments
@@ -181,11 +182,22 @@ def load_annotations(zip_path: Path, fps: float, max_mb: float = math.inf, max_s
     return files
 
 
-def write_activitynet_tables(paths: ActivityNetPaths, chosen: dict[str, list[Video]], failures: list[Failure],
-                             fps: float, manifest: dict) -> dict:
-    """Segments per split, failures, and the manifest (written last: its presence means the
-    dataset is complete). Shards of videos no longer chosen are removed so that ``frames/`` holds
-    exactly the dataset."""
+def _segment_rows(videos: list[Video], split: str) -> list[dict]:
+    return [{"video_id": v.video_id, "segment": s.index, "start": s.start, "end": s.end, "caption": s.caption,
+             "split": split} for v in sorted(videos, key=lambda v: v.video_id) for s in v.segments]
+
+
+def second_references(test: list[Video], val_2: AnnotationFile) -> list[Video]:
+    """The test videos (drawn from val_1.json) as val_2.json annotates them: the official
+    evaluation pools both files' references."""
+    return [val_2.videos[v.video_id] for v in test if v.video_id in val_2.videos]
+
+
+def write_activitynet_tables(paths: ActivityNetPaths, chosen: dict[str, list[Video]], references: dict[str, list[Video]],
+                             failures: list[Failure], fps: float, manifest: dict) -> dict:
+    """Segments per split, further reference sets of the test videos (``{"val_2": videos}``),
+    failures, and the manifest (written last: its presence means the dataset is complete). Shards
+    of videos no longer chosen are removed so that ``frames/`` holds exactly the dataset."""
     keep = {v.video_id for videos in chosen.values() for v in videos}
     for path in paths.frames.glob("*.parquet"):
         if path.stem not in keep:
@@ -193,18 +205,34 @@ def write_activitynet_tables(paths: ActivityNetPaths, chosen: dict[str, list[Vid
             path.unlink()
     segment_counts = {}
     for split, videos in chosen.items():
-        rows = [{"video_id": v.video_id, "segment": s.index, "start": s.start, "end": s.end,
-                 "caption": s.caption, "split": split}
-                for v in sorted(videos, key=lambda v: v.video_id) for s in v.segments]
+        rows = _segment_rows(videos, split)
         write_segments(paths.segments_table(split), rows)
         segment_counts[split] = len(rows)
+    for name, videos in references.items():
+        write_segments(paths.references_table(name), _segment_rows(videos, "test"))
     write_failures(paths.failures, failures)
     frames = sum(v.frame_count(fps) for videos in chosen.values() for v in videos)
     files = [paths.frame_shard(video_id).relative_to(paths.out) for video_id in sorted(keep)]
-    files += [paths.segments_table(split).relative_to(paths.out) for split in chosen] + ["failures.parquet"]
+    files += [paths.segments_table(split).relative_to(paths.out) for split in chosen]
+    files += [paths.references_table(name).relative_to(paths.out) for name in references] + ["failures.parquet"]
     manifest = {**manifest, "schema_version": SCHEMA_VERSION,
                 "counts": {"videos": {s: len(v) for s, v in chosen.items()},
-                           "segments": segment_counts, "frames": frames, "failures": len(failures)},
+                           "segments": segment_counts, "frames": frames, "failures": len(failures),
+                           "references": {name: sum(len(v.segments) for v in videos)
+                                          for name, videos in references.items()}},
+                # which videos were available: the first question about any ActivityNet result
+                "video_ids": {s: sorted(v.video_id for v in videos) for s, videos in chosen.items()},
+                "tools": tool_versions(),
                 "files": file_digests(paths.out, files)}
     write_json(paths.out / MANIFEST, manifest)
     return manifest
+
+
+def subset_annotations(zip_path: Path, video_ids: dict[str, list[str]]) -> dict[str, dict]:
+    """The annotation files restricted to the videos a dataset used (its manifest's ``video_ids``
+    per split), entries unchanged: ``train.json`` holds the train and val videos, ``val_1.json``
+    and ``val_2.json`` the test videos. Others get the same subset by ingesting these files."""
+    raw = {name: parse_json(name, payload) for name, payload in read_zip(zip_path).items()}
+    wanted = {"train.json": [*video_ids.get("train", []), *video_ids.get("val", [])],
+              "val_1.json": video_ids.get("test", []), "val_2.json": video_ids.get("test", [])}
+    return {name: {v: raw[name][v] for v in sorted(ids) if v in raw[name]} for name, ids in wanted.items()}

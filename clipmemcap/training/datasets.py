@@ -63,6 +63,14 @@ class ActivityNetClips:
         return Sample((row["video_id"], row["segment"]), embeddings, times - np.float32(row["start"]), row["caption"])
 
 
+def reference_rows(paths: ActivityNetPaths, name: str) -> list[dict]:
+    """A further reference set of the test videos (``references/<name>.parquet``, e.g. val_2):
+    segment rows without frames, for the official evaluation."""
+    table = paths.references_table(name)
+    _verified(paths.out, {str(table.relative_to(paths.out))}, "dvc repro activitynet")
+    return pq.read_table(table, page_checksum_verification=True).to_pylist()
+
+
 def oracle_frames(times: np.ndarray, events: list[float], event_s: float, window: int) -> np.ndarray:
     """Indices of at most ``window`` frames of a clip (frame times [n], seconds) that show every
     event (start times, each ``event_s`` long): the frames the ``uniform`` policy picks, each
