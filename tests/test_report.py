@@ -128,6 +128,9 @@ def test_without_slots_the_report_plots_the_caption_metrics(cfg):
     assert "slot_accuracy_long" not in summary["memorizing"] and summary["last"]["bleu_4"] == pytest.approx(0.1)
     assert (Layout.results / "plot.png").exists()
     assert "| run | bleu_4 | meteor | rouge_l | cider_d |" in (Layout.results / "results.md").read_text()
+    # every output DVC declares is written: the hypotheses say why they were not tested
+    verdicts = json.loads(Layout.hypotheses.read_text())
+    assert sorted(verdicts) == ["H1", "H2", "H3", "H4"] and {v["verdict"] for v in verdicts.values()} == {"not run"}
 
 
 def test_a_memorizing_run_decoded_with_its_memory_shut_is_a_run_of_its_own(cfg, monkeypatch):
