@@ -50,13 +50,13 @@ REDUCED = [
     "pretrain.train.epochs=1", "pretrain.train.batch_size=8", "pretrain.train.device=cpu",
     "finetune.seeds=[0]", "finetune.train.epochs=2", "finetune.train.batch_size=4", "finetune.train.device=cpu",
     "evaluate.beam=2", "evaluate.max_tokens=12", "report.length_bin_s=6",
-    "evaluate.dense_protocol=true",  # the official protocol's path (the benchmark's val_2 is empty)
     "model.vocabulary=captions",  # the restricted output layer, through every stage and `caption`
     # the study's bound: 16 frames that show both events of each clip (the benchmark's event times)
     "finetune.runs.oracle={mapper: video-temporal, frames: oracle}",
 ]
 
 
+@pytest.mark.timeout(1800)  # about 12 minutes on 2 cores
 def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_server):
     """benchmark -> data flows -> pretrain -> finetune x runs -> evaluate x runs -> report, with
     dvc repro in a fresh git repository, offline, as the README's quickstart runs it."""
@@ -109,14 +109,6 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     for name in runs:  # model.vocabulary=captions: the output layer scores only the captions' tokens
         vocabulary = json.loads((repo / "storage" / "models" / "finetune" / f"{name}-0" / "best" / "vocabulary.json").read_text())
         assert 50256 in vocabulary and len(vocabulary) < 40  # the end-of-text token and the captions' few
-    for name in runs:  # the official protocol, pooled with val_2 (empty here: val_1's scores), per threshold
-        metrics = json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())
-        official = json.loads((repo / "storage" / "evaluation" / f"{name}-0" / "dense_protocol.json").read_text())
-        assert list(official["val_1+val_2"]["per_tiou"]) == ["0.3", "0.5", "0.7", "0.9"]
-        assert metrics["protocol_bleu_4"] == official["val_1+val_2"]["mean"]["bleu_4"] == metrics["protocol_val_1_bleu_4"]
-        assert metrics["protocol_recall"] == 1.0  # ground-truth segments: every reference is matched
-        assert metrics["protocol_val_2_bleu_4"] == 0.0 and official["val_2"]["videos"] == 0
-        assert metrics["protocol_mean_bleu_4"] == pytest.approx(metrics["protocol_val_1_bleu_4"] / 2)
     verdicts = json.loads((repo / "metrics" / "hypotheses.json").read_text())
     assert verdicts["H1"]["verdict"] in {"supported", "refuted", "inconclusive"} and verdicts["H4"]["verdict"] == "not run"
     table = (repo / "reports" / "results" / "results.md").read_text()

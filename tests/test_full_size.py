@@ -33,6 +33,7 @@ from test_dvc_stage import commit, dvc, run
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1800)  # about 10 minutes on 2 cores
 def test_the_real_preset_at_full_size_offline(tmp_path, http_server, prefect_server):
     started = time.monotonic()
     www = http_server.root
@@ -94,6 +95,11 @@ def test_the_real_preset_at_full_size_offline(tmp_path, http_server, prefect_ser
         metrics = json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())
         assert {"bleu_4", "protocol_bleu_4", "protocol_meteor", "protocol_val_2_bleu_4"} <= metrics.keys()
         assert metrics["protocol_recall"] == 1.0  # the ground-truth segments of val_1 are all matched
+        assert metrics["protocol_mean_bleu_4"] == pytest.approx(
+            (metrics["protocol_val_1_bleu_4"] + metrics["protocol_val_2_bleu_4"]) / 2)
+        official = json.loads((storage / "evaluation" / f"{name}-0" / "dense_protocol.json").read_text())
+        assert list(official["val_1+val_2"]["per_tiou"]) == ["0.3", "0.5", "0.7", "0.9"]
+        assert official["val_1+val_2"]["references"] == 2 and official["val_2"]["videos"] > 0
     assert (json.loads((storage / "models" / "finetune" / "memorizing-0" / "best" / "mapper" / "config.json").read_text())
             ["layers"]) == 8
     assert "official protocol" in (repo / "reports" / "results" / "results.md").read_text()
