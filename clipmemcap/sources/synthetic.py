@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clipmemcap.core.atomic import atomic_path
+from clipmemcap.core.numerics import x264_options
 
 CODE_BITS = 14  # up to 16,383 frames: nine minutes at 30 fps
 ID_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -68,7 +69,7 @@ def encode_mp4(path: Path, frames: Iterable[np.ndarray], width: int, height: int
         command = [
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), *options,
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), *x264_options(), *options,
             "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp),
         ]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
