@@ -1,8 +1,10 @@
-"""The instruction-set pin: torch's kernels and x264 take their AVX2 paths on a CPU that has more,
-so an AVX-512 machine makes an AVX2 machine's bytes (README, "Reproducible to the byte")."""
+"""The numerics pins: torch's kernels and x264 take their AVX2 paths on a CPU that has more, and MKL
+its branch for Intel and compatible CPUs, so an AVX-512 machine makes an AVX2 machine's bytes and an
+AMD machine an Intel one's (README, "Reproducible to the byte")."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from clipmemcap.core import numerics
 from clipmemcap.sources import synthetic
 from clipmemcap.sources.synthetic import encode_mp4
+from conftest import ROOT
 
 AVX2_FLAGS = "fpu sse2 ssse3 sse4_1 sse4_2 avx fma bmi1 bmi2 abm avx2"
 PINNED = numerics.has_avx2()
@@ -36,16 +39,36 @@ def test_no_pin_off_x86(monkeypatch):
     assert not numerics.has_avx2(f"flags\t: {AVX2_FLAGS}\n")
 
 
-def _torch_capability(env: dict[str, str]) -> str:
-    code = "import clipmemcap, torch; print(torch.backends.cpu.get_cpu_capability())"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+UNPINNED = {k: v for k, v in os.environ.items() if k not in numerics.TORCH_VARIABLES}
+
+
+def _after_import(code: str, env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", f"import clipmemcap, os, torch; print({code})"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @needs_avx2
-def test_importing_the_package_pins_torch_and_a_users_setting_wins():
-    env = {k: v for k, v in os.environ.items() if k not in tuple(numerics._TORCH_VARIABLES)}
-    assert _torch_capability(env) == "AVX2"
-    assert _torch_capability({**env, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+def test_importing_the_package_sets_the_pins_and_a_users_setting_wins():
+    variables = "[os.environ.get(k) for k in ('ATEN_CPU_CAPABILITY', 'MKL_ENABLE_INSTRUCTIONS', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA')]"
+    assert _after_import(variables, UNPINNED) == "['avx2', 'AVX2', 'COMPATIBLE', 'AVX2']"
+    assert _after_import("torch.backends.cpu.get_cpu_capability()", UNPINNED) == "AVX2"
+    assert _after_import("torch.backends.cpu.get_cpu_capability()", {**UNPINNED, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+    assert _after_import("os.environ['MKL_CBWR']", {**UNPINNED, "MKL_CBWR": "AUTO"}) == "AUTO"
+
+
+@needs_avx2
+def test_torch_makes_the_intel_machines_bytes():
+    """The numerics fingerprint under the pins equals the one measured on an Intel Xeon under the
+    same settings (reports/numerics/): on this project's AMD machines it differed before MKL_CBWR
+    was pinned (MKL chose other AVX2 kernels by vendor)."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "numerics_fingerprint.py")], capture_output=True,
+                          text=True, check=True, env={**UNPINNED, "FINGERPRINT_THREADS": "2"})
+    ours = json.loads(done.stdout)
+    intel = json.loads((ROOT / "reports" / "numerics" / "intel-xeon-avx512.json").read_text())["runs"]
+    same_settings = [run for run in intel if all(run["settings"][k] == ours["settings"][k]
+                                                for k in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "mkldnn"))]
+    assert ours["settings"]["MKL_CBWR"] == "COMPATIBLE" and len(same_settings) == 1
+    assert (ours["clip"], ours["train"]) == (same_settings[0]["clip"], same_settings[0]["train"])
 
 
 @needs_avx2

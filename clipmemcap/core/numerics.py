@@ -1,9 +1,11 @@
-"""The same bytes on any x86-64 machine with AVX2: the instruction set of the numerical code is pinned.
+"""The same bytes on any x86-64 machine with AVX2, Intel or AMD: the numerical code's paths are pinned.
 
 torch (ATen's kernels, MKL, oneDNN) and x264 pick code paths by the CPU they run on, and the paths
 round differently: the benchmark's videos, the CLIP embeddings and so every weight trained on them
-differed between an AVX2 and an AVX-512 machine. With both pinned to AVX2, the AVX-512 machine
-made the AVX2 machine's artifacts byte for byte (README, "Reproducible to the byte").
+differed between an AVX2 and an AVX-512 machine, and between an Intel and an AMD one. With x264 and
+ATen pinned to AVX2 and MKL to its conditional-numerical-reproducibility branch for Intel and
+compatible CPUs, the machines make each other's artifacts byte for byte (README, "Reproducible to
+the byte").
 
 A CPU without these instructions (or not x86-64) keeps its own paths: its bytes then differ, as they
 would anyway. A variable the user has set wins: ``ATEN_CPU_CAPABILITY=avx512`` runs the faster
@@ -20,9 +22,14 @@ from pathlib import Path
 # /proc/cpuinfo's names of what the pinned paths execute
 _REQUIRED_FLAGS = frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "abm", "ssse3", "sse4_2"})
 
-# MKL's cap on its own dispatch, not MKL_CBWR=AVX2: that branch rounds otherwise than the AVX2 path
-# MKL picks by itself (pre-training's losses differed from the third step on; with this cap, none did)
-_TORCH_VARIABLES = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# MKL picks its kernels by CPU vendor as well as by instruction set: capped at AVX2 alone, an Intel
+# and an AMD machine trained other weights. MKL_CBWR=COMPATIBLE is the one branch Intel documents as
+# giving the same results on Intel and compatible CPUs (MKL_CBWR=AVX2 holds only across Intel CPUs);
+# with it the numerics fingerprint (scripts/numerics_fingerprint.py) of an Intel Xeon and an AMD EPYC
+# agree. oneDNN's convolutions (CLIP's patch embedding) agree under its AVX2 cap; turned off, ATen's
+# own convolution did not.
+TORCH_VARIABLES = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "COMPATIBLE",
+                   "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 # x264's CPU flags (x264.h, X264_CPU_*) that an AVX2 machine's detection sets: MMX, MMX2, SSE, SSE2,
 # LZCNT, SSE3, SSSE3, SSE4, SSE4.2, AVX (bits 0-9), FMA3, BMI1, BMI2, AVX2 (12-15), SSE2_IS_FAST (20)
@@ -52,7 +59,7 @@ def _pinned() -> bool:
 def pin_torch() -> None:
     """Set torch's instruction-set variables, unless set already; only takes effect before torch is imported."""
     if _pinned():
-        for name, value in _TORCH_VARIABLES.items():
+        for name, value in TORCH_VARIABLES.items():
             os.environ.setdefault(name, value)
 
 
