@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
+import os
+import re
 from pathlib import Path
 
 
@@ -18,13 +19,21 @@ def _config(args):
 PRESETS = Path("presets")
 
 
+def preset_file(name: str) -> Path:
+    """``presets/<name>.yaml`` for a plain name, or a ``.yaml`` file given by its path; nothing
+    else is read (a name like ``../../etc/passwd`` is neither)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) and (PRESETS / f"{name}.yaml").is_file():
+        return PRESETS / f"{name}.yaml"
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml"))) or "none here"
+    raise ValueError(f"no preset {name[:100]!r}: give a name in {PRESETS}/ ({known}) or the path of a .yaml file")
+
+
 def cmd_preset(args) -> None:
     from clipmemcap.core.config import apply_preset
 
-    preset = Path(args.preset) if Path(args.preset).is_file() else PRESETS / f"{args.preset}.yaml"
-    if not preset.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        raise FileNotFoundError(f"no preset {args.preset!r} (a file, or one of: {known})")
+    preset = preset_file(args.preset)
     apply_preset(Path(args.params), preset)
     print(f"wrote {preset} into {args.params}")
 
@@ -78,25 +87,32 @@ def cmd_caption(args) -> None:
 
 
 def cmd_subset(args) -> None:
+    from clipmemcap.core.atomic import atomic_path
     from clipmemcap.core.layout import Layout, read_manifest
     from clipmemcap.sources.activitynet import download_annotations, subset_annotations
 
     cfg = _config(args)
-    paths = Layout.of(cfg).activitynet
+    paths, download = Layout.of(cfg).activitynet, cfg.activitynet.download
     manifest = read_manifest(paths.out)
     if "video_ids" not in manifest:
         raise ValueError(f"{paths.out / 'manifest.json'} lists no video ids (made by an older version): run the "
                          "activitynet flow again")
-    files = subset_annotations(download_annotations(cfg.activitynet.annotations_url, paths.annotations),
+    files = subset_annotations(download_annotations(cfg.activitynet.annotations_url, paths.annotations,
+                                                    download.socket_timeout_s, download.deadline_s),
                                manifest["video_ids"])
     if args.out is None:
         print(json.dumps(files, indent=2))
         return
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, entries in files.items():
-        (out / name).write_text(json.dumps(entries, indent=2) + "\n")
-    (out / "splits.json").write_text(json.dumps(manifest["video_ids"], indent=2) + "\n")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder")
+    contents = {**files, "splits.json": manifest["video_ids"]}
+    taken = [name for name in contents if os.path.lexists(out / name)]
+    if taken and not args.force:
+        raise ValueError(f"{out} already holds {', '.join(taken)}: choose another folder, or pass --force to replace them")
+    for name, data in contents.items():
+        with atomic_path(out / name) as tmp:  # replaces a file (or a link) whole, never writes through it
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {', '.join(f'{name} ({len(entries)} videos)' for name, entries in files.items())} to {out}")
 
 
@@ -150,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "that others can reproduce the same subset: a zip of the three files as "
                     "activitynet.annotations_url, with subset.train_videos and test_videos at the counts used, "
                     "ingests the same videos (the train/val division is drawn again from subset.seed)."))
-    subset.add_argument("--out", help="a folder for the three files (default: print them as one JSON object)")
+    subset.add_argument("--out", help="a folder for the three files (default: print them as one JSON object); "
+                        "files already there are left alone unless --force")
+    subset.add_argument("--force", action="store_true", help="replace train.json, val_1.json, val_2.json and "
+                        "splits.json if --out already holds them")
     subset.set_defaults(func=cmd_subset)
     ingest = with_settings(sub.add_parser("ingest", help="run a data flow (same as python -m flows.<dataset>)"))
     ingest.add_argument("dataset", choices=["activitynet", "coco"])
@@ -176,13 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from clipmemcap.frames.ffmpeg_frames import DecodeError
-    from clipmemcap.sources.http import DownloadError
+    from clipmemcap.core.errors import reported
 
-    try:
+    with reported(f"clipmemcap {args.command}"):
         args.func(args)
-    except (ValueError, FileNotFoundError, DecodeError, DownloadError) as err:
-        sys.exit(f"clipmemcap {args.command}: {err}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ from flows.common import command_line, with_retries
 
 
 @task(cache_policy=NO_CACHE)
-def fetch_annotations(url: str, dest: Path) -> Path:
-    return download_annotations(url, dest)
+def fetch_annotations(url: str, dest: Path, cfg: DownloadConfig) -> Path:
+    return download_annotations(url, dest, cfg.socket_timeout_s, cfg.deadline_s)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download-{video.video_id}")
@@ -117,7 +117,7 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
     net, paths = cfg.activitynet, Layout.of(cfg).activitynet
     paths.cache.mkdir(parents=True, exist_ok=True)
     with storage_lock(paths.lock, cfg.storage.lock_timeout_s, cfg.storage.lock_lease_s):
-        files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations), net.fps,
+        files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations, net.download), net.fps,
                                  net.max_annotation_mb, net.max_segments_per_video, net.download.max_duration_s)
         failures = [f for afile in files.values() for f in afile.failures]
         for afile in files.values():

@@ -28,15 +28,20 @@ from clipmemcap.frames.clip_encoder import ClipEncoder
 from clipmemcap.frames.embed import embed_images, encoder_settings, prepare_shard_dir
 from clipmemcap.sources.coco import (CocoImage, ImageShard, choose, group_by_shard, load_captions,
                                      remove_unreached_shards, write_coco_tables)
-from clipmemcap.sources.http import PermanentDownloadError, RunStoppingError, TransientDownloadError, fetch_file
+from clipmemcap.sources.http import (DownloadError, PermanentDownloadError, RunStoppingError, TransientDownloadError,
+                                     fetch_file)
+from clipmemcap.sources.remote import offline
 from flows.common import command_line, with_retries
 
 
 @task(cache_policy=NO_CACHE)
-def fetch_captions(url: str, dest: Path, timeout_s: float) -> Path:
+def fetch_captions(url: str, dest: Path, timeout_s: float, deadline_s: float) -> Path:
     if Path(url).is_file():  # a local file needs no download
         return Path(url)
-    return dest if dest.exists() else fetch_file(url, dest, timeout_s)
+    try:
+        return dest if dest.exists() else fetch_file(url, dest, timeout_s, deadline_s)
+    except DownloadError as err:
+        raise type(err)(f"cannot fetch the COCO captions: {err}; {offline('coco.captions_url')}") from None
 
 
 @task(cache_policy=NO_CACHE, task_run_name="download-images-{images[0].image_id}")
@@ -50,7 +55,7 @@ def download_images(images: list[CocoImage], cfg: CocoConfig, root: Path) -> lis
             if dest.exists():
                 continue
             fetch_file(cfg.images_url_template.format(file=image.file, image_id=image.image_id), dest,
-                       cfg.download.timeout_s)
+                       cfg.download.timeout_s, cfg.download.deadline_s)
         except (PermanentDownloadError, UnsafePath) as err:
             failures.append(Failure(str(image.image_id), "download", str(err)))
         except TransientDownloadError as err:
@@ -73,7 +78,8 @@ def coco_ingest(params: str = "params.yaml", overrides: list[str] | None = None)
     image_root = coco.images_dir or paths.downloaded_images
     paths.cache.mkdir(parents=True, exist_ok=True)
     with storage_lock(paths.lock, cfg.storage.lock_timeout_s, cfg.storage.lock_lease_s):
-        captions = load_captions(fetch_captions(coco.captions_url, paths.downloaded_captions, coco.download.timeout_s),
+        captions = load_captions(fetch_captions(coco.captions_url, paths.downloaded_captions, coco.download.timeout_s,
+                                                coco.download.deadline_s),
                                  coco.captions_format)
         failures = list(captions.failures)
         chosen = choose(captions.images, coco.subset_images, coco.seed)

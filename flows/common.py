@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable
 
 from prefect import Task
 
 from clipmemcap.core.config import DownloadConfig, ImageDownloadConfig, settings_parser
+from clipmemcap.core.errors import INPUT_ERRORS, reported
 from clipmemcap.sources.http import RunStoppingError
 
 
@@ -35,12 +38,24 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 def command_line(flow: Callable, doc: str, argv: list[str] | None = None) -> dict:
     """``python -m flows.<name> [--params FILE] [--set KEY=VALUE ...]``: run ``flow`` once."""
-    args = settings_parser(doc).parse_args(argv)
+    parser = settings_parser(doc, prog=f"python -m flows.{Path(inspect.getfile(flow.fn)).stem}")
+    args = parser.parse_args(argv)
     # The temporary Prefect server a run starts would otherwise try to send usage telemetry and log
     # a stack trace wherever there is no internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("prefect").addFilter(_TemporaryServerNotice())
-    return flow(params=args.params, overrides=args.overrides)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_input_error_without_traceback)
+    with reported(parser.prog):
+        return flow(params=args.params, overrides=args.overrides)
+
+
+def _input_error_without_traceback(record: logging.LogRecord) -> bool:
+    """Prefect logs a failed task's or flow's exception with its traceback; for bad input (a
+    source that does not answer, a malformed file) the message is the whole story."""
+    if record.exc_info and isinstance(record.exc_info[1], INPUT_ERRORS):
+        record.exc_info = record.exc_text = None
+    return True
 
 
 class _TemporaryServerNotice(logging.Filter):

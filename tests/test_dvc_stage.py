@@ -17,7 +17,7 @@ import yaml
 import clipmemcap.frames.clip_encoder  # noqa: F401  (registers the tiny CLIP configs with open_clip)
 from clipmemcap.core.config import apply_overrides, load_config
 from clipmemcap.model.prefix_lm import load_gpt2
-from conftest import GPT2_TINY, ROOT
+from conftest import GPT2_TINY, ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -188,14 +188,16 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
     assert "metrics/run.json" in shown and "slot_accuracy_long " in shown
 
 
-STAGE_MODULES = [("benchmark", "clipmemcap.sources.benchmark"), ("activitynet", "flows.activitynet"),
+STAGE_MODULES = [("sources", "clipmemcap.sources.remote"), ("benchmark", "clipmemcap.sources.benchmark"),
+                 ("activitynet", "flows.activitynet"),
                  ("coco", "flows.coco"), ("pretrain", "clipmemcap.training.stages"),
                  ("finetune", "clipmemcap.training.stages"), ("evaluate", "clipmemcap.evaluation.evaluate"),
                  ("report", "clipmemcap.results.report")]
 
 
 def stage_deps(stage: str) -> list[str]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    definition = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    return definition.get("do", definition)["deps"]  # a foreach stage's are in its body
 
 
 @pytest.mark.parametrize("stage,module", STAGE_MODULES)
@@ -220,3 +222,88 @@ def test_the_cli_caption_parsing_and_the_report_are_no_dependency_of_training_or
         for edited in ("clipmemcap/cli.py", "clipmemcap/caption.py", "clipmemcap/sources/coco.py",
                        "clipmemcap/results/report.py", "flows/coco.py"):
             assert not any(Path(edited) == d or d in Path(edited).parents for d in deps), (stage, edited)
+
+
+SHELL_WORDS = ["x;touch PWNED1;y", "$(touch PWNED2)", "`touch PWNED3`"]
+
+
+def project_repo(tmp_path, params: dict) -> Path:
+    """The project's DAG in a fresh git repository, two folders below ``tmp_path``, with ``params``."""
+    repo = tmp_path / "repo" / "deeper"
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("clipmemcap", "flows", "presets"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    dvc("init", "-q", cwd=repo)
+    return repo
+
+
+def hostile_repo(tmp_path, runs: list[str]) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["finetune"]["runs"] = {name: {"mapper": "video-temporal"} for name in runs}
+    params["finetune"]["seeds"] = [0]
+    return project_repo(tmp_path, params)
+
+
+def dvc_fails(*args, cwd) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve())
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
+def test_run_names_never_reach_a_shell(tmp_path):
+    """A run name in params.yaml (or a preset) is input: dvc.yaml's commands do not carry it (the
+    stages read it from DVC_STAGE), and the `sources` stage, upstream of every stage, checks the
+    settings and stops the run before DVC acts on any path built from them."""
+    repo = hostile_repo(tmp_path, SHELL_WORDS)
+    done = dvc_fails("repro", cwd=repo)
+    assert "Running stage 'sources'" in done.stdout and "Running stage 'benchmark" not in done.stdout
+    assert len([line for line in done.stderr.splitlines() if "run name" in line]) == 1, done.stderr
+    for dep in ("models/pretrain/x", "activitynet/frames/x", "activitynet/segments/x", "activitynet/manifest.json"):
+        (repo / "storage" / dep).parent.mkdir(parents=True, exist_ok=True)  # what lets the stage start
+        (repo / "storage" / dep).write_text("{}")
+    for name in SHELL_WORDS:  # one stage run on its own (dvc repro -s): past the check, still no shell word
+        done = dvc_fails("repro", "-s", f"finetune@{name}-0", cwd=repo)
+        assert "> python -m clipmemcap.training finetune\n" in done.stdout and "run name" in done.stderr
+    assert not list(tmp_path.rglob("PWNED*"))
+    commands = [d.get("do", d)["cmd"] for d in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values()]
+    assert not any("${item" in command for command in commands)
+
+
+def test_a_run_name_that_leads_out_of_the_repository_deletes_nothing(tmp_path):
+    """DVC deletes a stage's outputs before it runs it: a run named ../../../../outside/evil would
+    make the evaluate stage's outputs a folder beside the repository."""
+    repo = hostile_repo(tmp_path, ["../../../../outside/evil"])
+    outside = tmp_path / "outside" / "evil-0"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("the user's\n")
+    dvc_fails("repro", cwd=repo)
+    assert (outside / "keep.txt").read_text() == "the user's\n"
+
+
+def test_the_real_preset_offline_stops_first_with_one_line_that_says_what_and_how(tmp_path):
+    """`clipmemcap preset activitynet && dvc repro` without the internet: no benchmark stage (its
+    sources are unused by the real experiment), and the first stage says which source it could not
+    reach and how to run offline. The internet cannot be reached here anyway; the annotation and
+    caption URLs are pointed at a closed port on 127.0.0.1 so that the test means the same on a
+    machine that has it."""
+    repo = project_repo(tmp_path, yaml.safe_load((ROOT / "params.yaml").read_text()))
+    run([str(BIN / "clipmemcap"), "preset", "activitynet"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["benchmark"]["build"] == [] and params["activitynet"]["annotations_url"].startswith("https://")
+    closed = f"http://127.0.0.1:{free_port()}"
+    (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(params, [
+        f"activitynet.annotations_url={closed}/captions.zip", f"coco.captions_url={closed}/caption_datasets.zip"]),
+        sort_keys=False))
+    assert "benchmark" not in dvc("stage", "list", cwd=repo)
+    done = dvc_fails("repro", cwd=repo)
+    assert "Running stage 'sources'" in done.stdout and "Running stage" not in done.stdout.replace("Running stage 'sources'", "")
+    ours = [line for line in done.stderr.splitlines() if line.startswith("python -m clipmemcap.sources.remote:")]
+    assert len(ours) == 1, done.stderr
+    assert f"cannot reach activitynet.annotations_url: {closed}/captions.zip" in ours[0] and "offline, set" in ours[0]
+    assert not (repo / "storage" / "benchmark").exists()

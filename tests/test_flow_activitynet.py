@@ -209,6 +209,22 @@ def test_flow_end_to_end_with_every_fault(tmp_path, http_server, prefect_server,
         assert entries == {v: src.annotations[name][v] for v in entries}
     assert json.loads((tmp_path / "subset" / "splits.json").read_text()) == manifest["video_ids"]
 
+    # nothing of the user's is overwritten without --force: not the files, not through a link
+    (tmp_path / "subset" / "train.json").write_text("the user's own\n")
+    (tmp_path / "mine.json").write_text("linked\n")
+    (tmp_path / "subset" / "val_2.json").unlink()
+    (tmp_path / "subset" / "val_2.json").symlink_to(tmp_path / "mine.json")
+    for out in (tmp_path / "subset", tmp_path / "mine.json"):
+        with pytest.raises(SystemExit) as refused:
+            main(["subset", "--params", str(ROOT / "params.yaml"), *settings, "--out", str(out)])
+        assert str(out) in str(refused.value) and "\n" not in str(refused.value)
+    assert "train.json, val_1.json, val_2.json, splits.json" in str(pytest.raises(SystemExit, main, [
+        "subset", "--params", str(ROOT / "params.yaml"), *settings, "--out", str(tmp_path / "subset")]).value)
+    assert (tmp_path / "subset" / "train.json").read_text() == "the user's own\n"
+    main(["subset", "--params", str(ROOT / "params.yaml"), *settings, "--out", str(tmp_path / "subset"), "--force"])
+    assert json.loads((tmp_path / "subset" / "train.json").read_text()) == written["train.json"]
+    assert (tmp_path / "mine.json").read_text() == "linked\n"  # the link was replaced, not written through
+
 
 def run_flow(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.activitynet", "--params", str(ROOT / "params.yaml"),
@@ -383,6 +399,27 @@ def test_a_dripping_server_is_cut_off_at_the_download_deadline(tmp_path, http_se
     failures = {r["video_id"]: r for r in pq.read_table(storage / "activitynet" / "failures.parquet").to_pylist()}
     assert dripping in failures and failures[dripping]["stage"] == "download"
     assert "gave up after retries" in failures[dripping]["reason"]
+
+
+def test_a_dripping_annotation_server_is_cut_off_at_the_deadline_with_one_line(tmp_path, http_server, prefect_server,
+                                                                               source):
+    """captions.zip had no deadline: a server sending a byte every half second held the flow for
+    as long as it liked. Now activitynet.download.deadline_s bounds it too, and the command ends
+    with one line, no traceback."""
+    import time
+
+    serve(http_server, source)
+    http_server.drip.add("/captions.zip")
+    storage = tmp_path / "storage"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "flows.activitynet", "--params", str(ROOT / "params.yaml"),
+                           *[a for o in overrides(http_server, storage, source) + ["activitynet.download.deadline_s=3"]
+                             for a in ("--set", o)]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 60 and done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m flows.activitynet: cannot fetch the annotations:") and "deadline of 3 s" in last
+    assert "Traceback" not in done.stderr and "offline, set activitynet.annotations_url" in last
+    assert not (storage / "activitynet" / "manifest.json").exists() and not list(storage.rglob("*captions.zip*"))
 
 
 def test_errors_every_video_would_meet_stop_the_run_and_retry_after_is_honoured(tmp_path, http_server, prefect_server,

@@ -16,7 +16,6 @@ import argparse
 import io
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +25,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from upath import UPath
 
 from clipmemcap.core.atomic import on_local_disk
+from clipmemcap.core.errors import reported
+from clipmemcap.core.jsonio import read_bounded
 from clipmemcap.core.layout import fits_file_system
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -100,7 +101,8 @@ class DownloadConfig(Strict):
     cookies_file: LocalPath | None = None
     concurrency: int = Field(4, ge=1)
     # Bounds on what a server may make us fetch and decode (inputs from the internet are hostile).
-    deadline_s: float = Field(3600.0, gt=0.0, description="one download's deadline, however slowly data comes")
+    deadline_s: float = Field(3600.0, gt=0.0, description="one download's deadline (a video, captions.zip), "
+                                                          "however slowly data comes")
     max_filesize_mb: float = Field(4000.0, gt=0.0, description="a larger video is not downloaded")
     max_duration_s: float = Field(14400.0, gt=0.0, description="longer videos (and annotated durations) are refused")
     max_pixels: int = Field(3840 * 2160, ge=1, description="frame width x height; larger videos are refused")
@@ -121,6 +123,8 @@ class ImageDownloadConfig(Strict):
     retries: int = Field(3, ge=0, description="extra attempts of a batch with transient errors")
     retry_delay_s: float = Field(5.0, ge=0.0, description="first back-off; doubles each retry")
     timeout_s: float = Field(30.0, gt=0.0)
+    deadline_s: float = Field(3600.0, gt=0.0, description="one download's deadline (the captions file, each image), "
+                                                          "however slowly data comes")
     concurrency: int = Field(8, ge=1, description="batches of images downloading at once")
 
 
@@ -261,6 +265,10 @@ class ReportConfig(Strict):
 
 class BenchmarkConfig(Strict):
     """The long-range benchmark's source (see clipmemcap.sources.benchmark)."""
+    # DVC has no conditional stages; a foreach over an empty list makes none (dvc.yaml)
+    build: tuple[Literal["long-range"], ...] = Field(
+        ("long-range",), description="the DAG's benchmark stage: [long-range] builds the benchmark, [] leaves the "
+                                     "stage out (the real experiment, whose sources come from the internet)")
     seed: int = 0
     # How many videos: activitynet.subset's train_videos, val_fraction and test_videos.
     clips_per_video: int = Field(4, ge=1, description="captioned clips back to back in each video")
@@ -334,7 +342,7 @@ def overlay_items(overlay: dict, section: type[BaseModel] = None, path: tuple[st
     for key, value in overlay.items():
         field = section.model_fields.get(key)
         if field is None:
-            raise ValueError(f"preset: unknown setting {'.'.join((*path, key))!r}")
+            raise ValueError(f"preset: unknown setting {'.'.join(map(str, (*path, key)))!r}")
         kind = field.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(value, dict):
             items += overlay_items(value, kind, (*path, key))
@@ -343,20 +351,42 @@ def overlay_items(overlay: dict, section: type[BaseModel] = None, path: tuple[st
     return items
 
 
+MAX_SETTINGS_BYTES = 1_000_000  # a settings file or preset; the committed params.yaml is 9 kB
+
+
+def read_settings(path: Path, what: str = "settings file") -> dict:
+    """A YAML file of settings sections; malformed YAML, a file that is not a mapping, and
+    anything but a regular file of bounded size are errors that name it."""
+    try:
+        data = yaml.safe_load(read_bounded(path, MAX_SETTINGS_BYTES, what))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} is not a mapping of settings (it holds a {type(data).__name__})")
+    return data
+
+
 def apply_preset(params: Path, preset: Path) -> Config:
     """Write ``preset``'s settings into the settings file ``params`` (comments and every other
     setting kept) and return the result, validated before anything is written."""
     from ruamel.yaml import YAML  # DVC's own YAML library; round-trips comments
 
+    overlay = read_settings(preset, "preset")
+    read_settings(params)
     yaml_rt = YAML()
     yaml_rt.width, yaml_rt.preserve_quotes = 4096, True
     document = yaml_rt.load(params.read_text())
-    for keys, value in overlay_items(yaml.safe_load(preset.read_text()) or {}):
+    for keys, value in overlay_items(overlay):
         node = document
         for key in keys[:-1]:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{params}: {'.'.join(keys[:-1])} is not a section of settings")
         node[keys[-1]] = value
-        node.ca.items.pop(keys[-1], None)  # the old value's comment no longer describes it
+        if hasattr(node, "ca"):  # the old value's comment no longer describes it
+            node.ca.items.pop(keys[-1], None)
     buffer = io.StringIO()
     yaml_rt.dump(document, buffer)
     cfg = Config.model_validate(yaml.safe_load(buffer.getvalue()))
@@ -366,11 +396,7 @@ def apply_preset(params: Path, preset: Path) -> Config:
 
 def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
     """Read ``path`` (None = all defaults), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"settings file {path} does not exist")
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_settings(Path(path)) if path is not None else {}
     return Config.model_validate(apply_overrides(data, list(overrides)))
 
 
@@ -388,12 +414,32 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, stage: str) -> argparse.ArgumentParser:
+    """``--run`` and ``--seed`` of a per-run stage; without them, DVC's ``DVC_STAGE`` names them."""
+    parser.add_argument("--run", help=f"a run of finetune.runs, e.g. memorizing (default: from DVC_STAGE, which DVC "
+                                      f"sets to {stage}@<run>-<seed>)")
+    parser.add_argument("--seed", type=int, help="the training seed, one of finetune.seeds (default: from DVC_STAGE)")
+    return parser
+
+
+def run_and_seed(args: argparse.Namespace, stage: str) -> tuple[str, int]:
+    """The run and seed from the command line or, as ``dvc repro`` runs the stage, from the name
+    DVC gives it in ``DVC_STAGE`` (``finetune@memorizing-0``). dvc.yaml's commands never carry the
+    run's name: a name in params.yaml or a preset would be a shell word there, run before any check."""
+    if args.run is not None and args.seed is not None:
+        return args.run, args.seed
+    named = os.environ.get("DVC_STAGE", "")
+    match = re.fullmatch(rf"(?:.*:)?{stage}@(.+)-(-?\d+)", named)
+    if args.run is not None or args.seed is not None or not match:
+        raise ValueError(f"give both --run and --seed (or run it as DVC's {stage}@<run>-<seed> stage; DVC_STAGE is "
+                         f"{named[:80]!r})")
+    return match[1], int(match[2])
+
+
 def run_command(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace, Config], object],
                 argv: list[str] | None = None) -> None:
-    """Parse ``argv``, load the settings, run ``work``; bad settings or missing inputs end the
-    process with one line that names them, not a traceback."""
+    """Parse ``argv``, load the settings, run ``work``; bad input ends the process with one line
+    that names it, not a traceback (:func:`clipmemcap.core.errors.reported`)."""
     args = parser.parse_args(argv)
-    try:
+    with reported(parser.prog):
         work(args, load_config(args.params, args.overrides))
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"{parser.prog}: {err}")

@@ -1,5 +1,6 @@
 """Where every artifact lives: the one module that names paths (README "Data layout").
 
+    <root>/sources.json               what the servers of the data's sources said of them (ETag, size, date)
     <root>/benchmark/                 the long-range benchmark's sources (videos, captions.zip, images)
     <root>/activitynet/               frames/<video_id>.parquet, segments/<split>.parquet,
                                       references/val_2.parquet, failures.parquet, manifest.json
@@ -208,6 +209,11 @@ class Layout:
     def of(cls, cfg) -> Layout:
         """The layout of a :class:`clipmemcap.core.config.Config`."""
         return cls(cfg.storage.root, cfg.storage.cache)
+
+    @property
+    def sources(self) -> Path:
+        """What the servers of the data's sources said of them (the ``sources`` stage)."""
+        return self.root / "sources.json"
 
     @property
     def benchmark(self) -> BenchmarkPaths:

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from clipmemcap.core.atomic import write_json
-from clipmemcap.core.config import Config, run_command, settings_parser
+from clipmemcap.core.config import Config, add_run_arguments, run_and_seed, run_command, settings_parser
 from clipmemcap.core.layout import Layout
 from clipmemcap.evaluation import dense_protocol
 from clipmemcap.evaluation.export import export_captioner
@@ -110,6 +110,6 @@ def evaluate(cfg: Config, run: str, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = settings_parser(__doc__, prog="python -m clipmemcap.evaluation")
-    parser.add_argument("--run", required=True, help="a run of finetune.runs, e.g. memorizing")
-    parser.add_argument("--seed", type=int, required=True, help="the training seed (one of finetune.seeds)")
-    run_command(parser, lambda args, cfg: print(json.dumps(evaluate(cfg, args.run, args.seed), indent=2)), argv)
+    add_run_arguments(parser, "evaluate")
+    run_command(parser, lambda args, cfg: print(json.dumps(evaluate(cfg, *run_and_seed(args, "evaluate")), indent=2)),
+                argv)

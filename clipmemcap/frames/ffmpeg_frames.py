@@ -29,11 +29,12 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
+from clipmemcap.core.errors import InputError
 from clipmemcap.core.failures import Failure
 
 
-class DecodeError(RuntimeError):
-    pass
+class DecodeError(InputError, RuntimeError):
+    """A video or image that ffmpeg (or Pillow) cannot decode; the message names it."""
 
 
 def _clip_resize(stream, size: int):

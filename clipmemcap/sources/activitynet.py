@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.failures import Failure
-from clipmemcap.sources.http import fetch_file, is_local
+from clipmemcap.sources.http import DownloadError, fetch_file, is_local
+from clipmemcap.sources.remote import offline
 from clipmemcap.core.grid import grid_range, merge_ranges
 from clipmemcap.core.layout import MANIFEST, ActivityNetPaths
 from clipmemcap.core.provenance import tool_versions
@@ -65,15 +66,19 @@ class AnnotationFile:
     raw_segments: int = 0
 
 
-def download_annotations(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` unless a valid zip is already there. A local path (no URL
-    scheme) is read where it is, never cached, so a regenerated source is always seen."""
+def download_annotations(url: str, dest: Path, timeout_s: float = 60.0, deadline_s: float = math.inf) -> Path:
+    """Fetch ``url`` to ``dest`` unless a valid zip is already there (``timeout_s`` bounds each
+    wait for data, ``deadline_s`` the whole download). A local path (no URL scheme) is read where
+    it is, never cached, so a regenerated source is always seen."""
     if is_local(url):
         if not Path(url).is_file():
             raise AnnotationError(f"annotations file {url} does not exist")
         dest = Path(url)
     elif not (dest.exists() and zipfile.is_zipfile(dest)):
-        fetch_file(url, dest, timeout_s)
+        try:
+            fetch_file(url, dest, timeout_s, deadline_s)
+        except DownloadError as err:
+            raise type(err)(f"cannot fetch the annotations: {err}; {offline('activitynet.annotations_url')}") from None
     if not zipfile.is_zipfile(dest):
         if not is_local(url):
             dest.unlink()

@@ -130,8 +130,8 @@ def write_video(path: Path, video: BenchmarkVideo, size: int) -> None:
     encode_mp4(path, frames, size, size, video.fps, crf=20, options=("-threads", "1"))
 
 
-# What a video's pictures depend on: every benchmark setting but the pre-training images'.
-_VIDEO_SETTINGS = {"pretrain_images"}
+# What a video's pictures do not depend on: the pre-training images' count, and whether the DAG builds them.
+_VIDEO_SETTINGS = {"pretrain_images", "build"}
 
 
 def _video_id(cfg: BenchmarkConfig, file: str, index: int) -> str:

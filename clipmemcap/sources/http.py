@@ -11,23 +11,29 @@ policy; the flows retry transient errors with jittered back-off.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import http.client
 import http.cookiejar
+import math
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from clipmemcap.core.atomic import atomic_path
+from clipmemcap.core.errors import InputError
 from clipmemcap.core.redact import redact
 
 MAX_RETRY_AFTER_S = 300.0  # a longer wait asked by a server is cut to this
+MAX_DEADLINE_S = 7 * 24 * 3600.0  # what "no deadline" means: threading.Timer takes no infinity
 BOT_CHECK = "confirm you’re not a bot", "confirm you're not a bot"  # YouTube's only sign of one
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     """Its message never holds a URL's secrets: it reaches logs, failure records and Prefect."""
 
     def __init__(self, message: str):
@@ -101,14 +107,93 @@ def is_local(url: str) -> bool:
     return "://" not in url
 
 
-def fetch_file(url: str, dest: Path, timeout_s: float) -> Path:
-    """Download ``url`` to ``dest``; the file appears under its name only once complete."""
+class _Deadline:
+    """One download's deadline: when it passes, the socket of every connection the download
+    opened is shut, wherever its reader waits. A server that sends a byte a second, headers or
+    body, never trips the socket time-out, which only bounds each wait for the next byte."""
+
+    def __init__(self, seconds: float):
+        seconds = min(seconds, MAX_DEADLINE_S)
+        self.at, self.sockets = time.monotonic() + seconds, []
+        self.timer = threading.Timer(seconds, self._shut)
+        self.timer.daemon = True
+        self.timer.start()
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def _shut(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        deadline = self
+
+        def watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+            class Connection(base):
+                def connect(self):
+                    super().connect()
+                    deadline.sockets.append(self.sock)  # urllib drops its own reference to it
+                    if deadline.passed:
+                        deadline._shut()
+
+            return Connection
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(watched(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)
+
+        return urllib.request.build_opener(Http, Https)
+
+
+def probe(url: str, timeout_s: float) -> dict:
+    """What the server says of ``url`` without sending it: ETag, size and date from a HEAD
+    request (a GET whose body is never read, where HEAD is refused), all within ``timeout_s``."""
+    deadline = _Deadline(timeout_s)
+    opener = deadline.opener()
     try:
-        with atomic_path(dest) as tmp:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out)
+        try:
+            response = opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
+        except urllib.error.HTTPError as err:
+            if err.code not in (403, 405, 501):
+                raise
+            response = opener.open(url, timeout=timeout_s)
+        with response:
+            return {"etag": response.headers.get("ETag"), "size": response.headers.get("Content-Length"),
+                    "last_modified": response.headers.get("Last-Modified")}
     except urllib.error.HTTPError as err:
         raise classify(err)(f"{url}: HTTP Error {err.code}: {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if deadline.passed:
+            raise TransientDownloadError(f"{url}: no answer within {timeout_s:g} s") from None
         raise classify(err)(f"{url}: {getattr(err, 'reason', err)}") from None
+    finally:
+        deadline.timer.cancel()
+
+
+def fetch_file(url: str, dest: Path, timeout_s: float, deadline_s: float = math.inf) -> Path:
+    """Download ``url`` to ``dest``; the file appears under its name only once complete.
+    ``timeout_s`` bounds each wait for data, ``deadline_s`` the whole download."""
+    deadline = _Deadline(deadline_s)
+    late = TransientDownloadError(f"{url}: not complete within its deadline of {deadline_s:g} s")
+    try:
+        with atomic_path(dest) as tmp:
+            with deadline.opener().open(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+            if deadline.passed:  # a shut socket can read as a clean end of the file
+                raise late
+    except urllib.error.HTTPError as err:
+        raise classify(err)(f"{url}: HTTP Error {err.code}: {err.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if deadline.passed:
+            raise late from None
+        raise classify(err)(f"{url}: {getattr(err, 'reason', err)}") from None
+    finally:
+        deadline.timer.cancel()
     return dest

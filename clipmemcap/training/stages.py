@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from clipmemcap.core.atomic import write_json
-from clipmemcap.core.config import Config, run_command, settings_parser
+from clipmemcap.core.config import Config, add_run_arguments, run_and_seed, run_command, settings_parser
 from clipmemcap.core.layout import CLIP_SETTINGS, Layout, read_manifest
 from clipmemcap.model.captioner import CaptionModel, gpt2_source, stop_ids
 from clipmemcap.model.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
@@ -115,15 +115,12 @@ def finetune(cfg: Config, run: str, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = settings_parser(__doc__, prog="python -m clipmemcap.training")
     parser.add_argument("stage", choices=["pretrain", "finetune"])
-    parser.add_argument("--run", help="finetune: a run of finetune.runs, e.g. memorizing")
-    parser.add_argument("--seed", type=int, help="finetune: the training seed (one of finetune.seeds)")
+    add_run_arguments(parser, "finetune")
 
     def work(args, cfg) -> None:
         if args.stage == "pretrain":
             print(json.dumps(pretrain(cfg), indent=2))
-        elif args.run is None or args.seed is None:
-            parser.error("finetune needs --run and --seed")
         else:
-            print(json.dumps(finetune(cfg, args.run, args.seed), indent=2))
+            print(json.dumps(finetune(cfg, *run_and_seed(args, "finetune")), indent=2))
 
     run_command(parser, work, argv)
