@@ -11,11 +11,22 @@ The official script's semantics, kept:
   segment of the same video with tIoU >= the threshold, in each reference file, is scored as
   one (sentence, reference) pair: with ``-r val_1.json val_2.json`` a prediction that overlaps a
   segment of each file is scored against both. A prediction that overlaps nothing is scored
-  against a dummy sentence, so it counts as wrong. Non-ASCII characters are dropped, then PTB
+  against a dummy sentence, so it counts as wrong. Each non-ASCII character is replaced by a space
+  (the evaluator's ``remove_nonascii``: "piñata" becomes "pi ata", two words for METEOR), then PTB
   tokenisation (Java).
+- A reversed or empty timestamp (end <= start), in a prediction or a reference, overlaps nothing
+  (the evaluator's tIoU is 0 for it): such a prediction is scored against the dummy sentence.
 - Each metric is computed per video over its pairs (corpus-level within the video, so CIDEr's
   document frequencies are the video's), averaged over every video of the references (a video
   without predictions scores 0), then over the thresholds.
+
+What a file must hold (the evaluator itself crashes or silently mis-scores otherwise): a
+submission is an object whose ``results`` maps video ids to lists of predictions; a reference
+file maps video ids to objects with equally long ``timestamps`` and ``sentences`` lists; every
+timestamp is two finite numbers (a string, NaN or infinity is refused: the evaluator matches a NaN
+to every segment), every sentence a string of at most :data:`MAX_SENTENCE` characters (a 10 MB one
+drove METEOR's Java past 2 GB), and a file at most :data:`MAX_FILE_MB` MB. A violation is an error
+naming the file, the video and the entry.
 
 Fixed and documented: precision and recall of the matching. The official script divides the
 covered predictions by the index of its loop variable, which leaks from one reference file to the
@@ -35,6 +46,7 @@ import contextlib
 import functools
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -47,10 +59,14 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from clipmemcap.core.errors import reported
+from clipmemcap.core.jsonio import parse_json, read_bounded
 from clipmemcap.evaluation.metrics import java_stderr_shown_only_on_failure
 
 TIOUS = (0.3, 0.5, 0.7, 0.9)
 MAX_PROPOSALS = 1000
+MAX_SENTENCE = 2_000  # characters; ActivityNet's longest sentence has 451
+MAX_FILE_MB = 200.0  # val_1.json is 3 MB
 DUMMY = "abc123!@#"  # the official script's reference for a prediction that overlaps nothing
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 
@@ -64,32 +80,76 @@ def tiou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _ascii(text: str) -> str:
-    return "".join(c if ord(c) < 128 else "" for c in text)
+    """The evaluator's ``remove_nonascii``: each non-ASCII character becomes a space."""
+    return "".join(c if ord(c) < 128 else " " for c in text)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _span(value, where: str) -> list[float]:
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in value)):
+        raise ValueError(f"{where}: a timestamp is two numbers [start, end], not {_shown(value)}")
+    try:
+        span = [float(t) for t in value]
+    except OverflowError:  # an integer beyond float
+        span = [math.inf]
+    if not all(map(math.isfinite, span)):
+        raise ValueError(f"{where}: timestamp {_shown(value)} is not two finite numbers")
+    return span
+
+
+def _sentence(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: a sentence is a string, not {_shown(value)}")
+    if len(value) > MAX_SENTENCE:
+        raise ValueError(f"{where}: a sentence of {len(value):,} characters, more than {MAX_SENTENCE:,}")
+    return value
+
+
+def _read(path: Path, what: str) -> dict:
+    return parse_json(str(path), read_bounded(path, int(MAX_FILE_MB * 1e6), what))
 
 
 def read_submission(path: Path) -> dict[str, list[dict]]:
-    """A submission's predictions per video, each ``{"sentence", "timestamp"}``; a malformed
-    file or entry is an error that names it."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+    """A submission's predictions per video, each ``{"sentence", "timestamp"}``: the first
+    ``MAX_PROPOSALS`` of each video, as the evaluator counts them; a malformed file or entry is an
+    error that names it (module docstring)."""
+    data = _read(path, "submission")
+    if not isinstance(data.get("results"), dict):
         raise ValueError(f"{path}: a submission is a JSON object with a 'results' object (video id -> predictions)")
     results = {}
     for video, predictions in data["results"].items():
-        for i, p in enumerate(predictions):
-            if not (isinstance(p, dict) and isinstance(p.get("sentence"), str) and len(p.get("timestamp", ())) == 2):
-                raise ValueError(f"{path}: prediction {i} of video {video!r} needs a 'sentence' and a 'timestamp' [start, end]")
-        results[video] = predictions[:MAX_PROPOSALS]
+        if not isinstance(predictions, list):
+            raise ValueError(f"{path}: video {_shown(video)}: predictions are a list, not {_shown(predictions)}")
+        results[video] = []
+        for i, p in enumerate(predictions[:MAX_PROPOSALS]):
+            where = f"{path}: video {_shown(video)}, prediction {i}"
+            if not isinstance(p, dict):
+                raise ValueError(f"{where}: a prediction is an object with 'sentence' and 'timestamp', not {_shown(p)}")
+            results[video].append({"sentence": _sentence(p.get("sentence"), where),
+                                   "timestamp": _span(p.get("timestamp"), where)})
     return results
 
 
 def read_references(path: Path) -> dict[str, dict]:
     """An annotation file (``val_1.json`` layout): video id -> ``timestamps`` and ``sentences``."""
-    data = json.loads(Path(path).read_text())
+    data = _read(path, "references")
+    references = {}
     for video, entry in data.items():
-        if len(entry.get("timestamps", ())) != len(entry.get("sentences", ())):
-            raise ValueError(f"{path}: video {video!r} has {len(entry.get('timestamps', ()))} timestamps "
-                             f"and {len(entry.get('sentences', ()))} sentences")
-    return data
+        where = f"{path}: video {_shown(video)}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("timestamps"), list)
+                and isinstance(entry.get("sentences"), list)):
+            raise ValueError(f"{where}: an entry is an object with 'timestamps' and 'sentences' lists, not {_shown(entry)}")
+        timestamps, sentences = entry["timestamps"], entry["sentences"]
+        if len(timestamps) != len(sentences):
+            raise ValueError(f"{where}: {len(timestamps)} timestamps and {len(sentences)} sentences")
+        references[video] = {"timestamps": [_span(t, f"{where}, segment {i}") for i, t in enumerate(timestamps)],
+                             "sentences": [_sentence(s, f"{where}, segment {i}") for i, s in enumerate(sentences)]}
+    return references
 
 
 def references_from_rows(rows: list[dict]) -> dict[str, dict]:
@@ -190,22 +250,27 @@ def evaluate(predictions: dict[str, list[dict]], references: list[dict[str, dict
             "videos": len(videos), "references": len(references), "mean": mean, "per_tiou": per_tiou}
 
 
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tIoU threshold in (0, 1]")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m clipmemcap.evaluation.dense_protocol", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-s", "--submission", type=Path, required=True, help="predictions (the evaluator's format)")
     parser.add_argument("-r", "--references", type=Path, nargs="+", required=True,
                         help="annotation files, e.g. val_1.json val_2.json (pooled)")
-    parser.add_argument("-t", "--tious", type=float, nargs="+", default=list(TIOUS), help="tIoU thresholds")
+    parser.add_argument("-t", "--tious", type=_threshold, nargs="+", default=list(TIOUS), help="tIoU thresholds in (0, 1]")
     parser.add_argument("-o", "--output", type=Path, help="write the scores here as JSON (default: stdout only)")
     args = parser.parse_args(argv)
-    try:
+    with reported(parser.prog):
         scores = evaluate(read_submission(args.submission), [read_references(p) for p in args.references], args.tious)
-    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        parser.exit(2, f"error: {error}\n")
-    text = json.dumps(scores, indent=2)
-    if args.output:
-        args.output.write_text(text + "\n")
+        text = json.dumps(scores, indent=2)
+        if args.output:
+            args.output.write_text(text + "\n")
     sys.stdout.write(text + "\n")
 
 
