@@ -12,7 +12,6 @@ saw its training and test frames, so a test clip gets the caption the evaluate s
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import sys
@@ -36,7 +35,9 @@ from clipmemcap.core.grid import grid_range
 from clipmemcap.frames.embed import embed_stream, encoder_settings
 from clipmemcap.core.layout import CLIP_SETTINGS, Layout, fits_file_system
 from clipmemcap.core.redact import redact
+from clipmemcap.core.jsonio import read_json
 from clipmemcap.model.captioner import load_caption_model, stop_ids
+from clipmemcap.model.safe_loading import MAX_CONFIG_BYTES
 
 PIECE_FRAMES = 256  # frames decoded per piece of a clip: what streams through at once, per decoder
 
@@ -70,7 +71,7 @@ def check_clip(checkpoint: Path, encoder: ClipEncoder, cfg: Config) -> None:
     record = checkpoint / CLIP_SETTINGS
     if not record.is_file():
         raise CaptionError(f"{checkpoint} is not a fine-tuning run of this pipeline (no {CLIP_SETTINGS})")
-    trained = json.loads(record.read_text())
+    trained = read_json(record, MAX_CONFIG_BYTES, "CLIP settings file")
     current = encoder_settings(encoder, cfg.clip.embedding_dtype, fps=cfg.activitynet.fps)
     differ = {k: (trained.get(k), current.get(k)) for k in sorted(set(trained) | set(current))
               if trained.get(k) != current.get(k)}

@@ -22,10 +22,9 @@ from pathlib import Path
 from clipmemcap.core.atomic import write_json
 from clipmemcap.core.config import Config
 from clipmemcap.core.layout import CAPTIONER, CLIP_SETTINGS, Layout, read_manifest, run_name
-from clipmemcap.model.captioner import load_caption_model
+from clipmemcap.model.captioner import CAPTIONER_FORMAT, load_caption_model
 from clipmemcap.training.loop import save_weights
 
-FORMAT = 1
 CARD_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d", "protocol_bleu_3", "protocol_bleu_4", "protocol_meteor",
                 "protocol_cider")
 
@@ -101,7 +100,7 @@ def export_captioner(cfg: Config, run: str, seed: int, metrics: dict) -> Path:
     (tmp / "tokenizer").mkdir()
     tokenizer.backend_tokenizer.model.save(str(tmp / "tokenizer"))  # vocab.json + merges.txt
     shutil.copyfile(source / CLIP_SETTINGS, tmp / CLIP_SETTINGS)
-    write_json(tmp / CAPTIONER, {"format": FORMAT, "run": run, "seed": seed, "tokenizer_source": str(cfg.model.tokenizer),
+    write_json(tmp / CAPTIONER, {"format": CAPTIONER_FORMAT, "run": run, "seed": seed, "tokenizer_source": str(cfg.model.tokenizer),
                                  "decoding": cfg.evaluate.model_dump(mode="json", include={"beam", "max_tokens",
                                                                                            "stop_at_period"})})
     provenance = {key: manifest.get(key) for key in ("dataset", "annotations_url", "clip", "fps", "subset", "counts",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -35,8 +36,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from clipmemcap.model.knn_memory import KNNMemory, select
+from clipmemcap.model.safe_loading import check_size, check_weights, expected_tensors, read_config
 
 MAPPER_CONFIGS = Path(__file__).parent / "mapper_configs"
+# Bounds of a config's sizes: far beyond any real mapper (ClipCap's: 8 layers of 768, 10 frames),
+# and short of sizes whose mere construction would exhaust memory or time.
+_INT_BOUNDS = {"clip_dim": (1, 16_384), "embed_dim": (1, 16_384), "prefix_length": (1, 1_024), "clip_length": (1, 1_024),
+               "layers": (1, 256), "heads": (1, 256), "window": (1, 4_096), "top_k": (1, 65_536),
+               "memory_capacity": (1, 1 << 24)}
+MAX_PARAMETERS = 2_000_000_000  # GPT-2 XL has 1.5 billion; a mapper beyond this is no mapper
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,26 @@ class MapperConfig:
     xl_cache: bool = False  # memorizing: local attention in the kNN layer also sees the previous chunk
 
     def __post_init__(self):
+        # A config may come from a shared folder: every size is bounded before anything is built.
+        for name, (low, high) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"mapper {name} must be an integer in [{low}, {high:,}], not {str(value)[:40]}")
+        for name, high in (("mlp_ratio", 64.0), ("time_scale", 1e4)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= high:
+                raise ValueError(f"mapper {name} must be a number in (0, {high:g}], not {str(value)[:40]}")
+        if not (isinstance(self.knn_layers, (list, tuple)) and len(self.knn_layers) <= self.layers and all(
+                isinstance(i, int) and not isinstance(i, bool) and -self.layers <= i < self.layers for i in self.knn_layers)):
+            raise ValueError(f"mapper knn_layers must be layer indices of its {self.layers} layers, "
+                             f"not {str(self.knn_layers)[:40]}")
         object.__setattr__(self, "knn_layers", tuple(i % self.layers for i in self.knn_layers))
         if self.kind not in MAPPERS:
             raise ValueError(f"unknown mapper kind {self.kind!r}; choose one of {sorted(MAPPERS)}")
+        if self.memory_backend not in ("torch", "faiss-flat", "faiss-hnsw"):
+            raise ValueError(f"unknown memory backend {self.memory_backend!r}; choose torch, faiss-flat or faiss-hnsw")
+        if not isinstance(self.xl_cache, bool):
+            raise ValueError(f"mapper xl_cache must be true or false, not {str(self.xl_cache)[:40]}")
         if self.embed_dim % self.heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
         if self.frame_policy not in ("uniform", "last", "mean"):
@@ -83,7 +108,18 @@ class MapperConfig:
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in MAPPER_CONFIGS.glob("*.json")))
             raise FileNotFoundError(f"no mapper config {source!r} (known: {known})")
-        return cls(**{**json.loads(path.read_text()), **overrides})
+        return cls.of({**read_config(path, "mapper config"), **overrides}, path)
+
+    @classmethod
+    def of(cls, fields: dict, source: str | Path = "mapper config") -> MapperConfig:
+        """From a dict of fields; an unknown field or a bad value is an error naming ``source``."""
+        unknown = fields.keys() - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{source}: unknown mapper settings {', '.join(sorted(map(str, unknown)))}")
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,6 +647,7 @@ def memory_shut(mapper: nn.Module) -> Iterator[nn.Module]:
 
 
 def build_mapper(cfg: MapperConfig) -> nn.Module:
+    check_size(lambda: MAPPERS[cfg.kind](cfg), MAX_PARAMETERS, f"a {cfg.kind} mapper of {cfg.layers} layers of {cfg.embed_dim}")
     return MAPPERS[cfg.kind](cfg)
 
 
@@ -622,7 +659,9 @@ def save_mapper(mapper: nn.Module, folder: Path) -> None:
 
 
 def load_mapper(folder: Path, device: str = "cpu") -> nn.Module:
-    cfg = MapperConfig(**json.loads((folder / "config.json").read_text()))
+    """A saved mapper; the folder is untrusted (:mod:`clipmemcap.model.safe_loading`)."""
+    cfg = MapperConfig.of(read_config(folder / "config.json", "mapper config"), folder / "config.json")
+    check_weights(folder / "model.safetensors", expected_tensors(lambda: build_mapper(cfg)))
     mapper = build_mapper(cfg)
     mapper.load_state_dict(load_file(str(folder / "model.safetensors"), device=device))
     return mapper.to(device)
