@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from clipmemcap.model.knn_memory import KNNMemory, select
-from clipmemcap.model.safe_loading import check_size, check_weights, expected_tensors, read_config
+from clipmemcap.model.safe_loading import MAX_PARAMETERS, check_size, check_weights, expected_tensors, read_config
 
 MAPPER_CONFIGS = Path(__file__).parent / "mapper_configs"
 # Bounds of a config's sizes: far beyond any real mapper (ClipCap's: 8 layers of 768, 10 frames),
@@ -44,7 +44,6 @@ MAPPER_CONFIGS = Path(__file__).parent / "mapper_configs"
 _INT_BOUNDS = {"clip_dim": (1, 16_384), "embed_dim": (1, 16_384), "prefix_length": (1, 1_024), "clip_length": (1, 1_024),
                "layers": (1, 256), "heads": (1, 256), "window": (1, 4_096), "top_k": (1, 65_536),
                "memory_capacity": (1, 1 << 24)}
-MAX_PARAMETERS = 2_000_000_000  # GPT-2 XL has 1.5 billion; a mapper beyond this is no mapper
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from transformers.utils import logging as hf_logging
 
 from clipmemcap.core.jsonio import read_bounded
-from clipmemcap.model.safe_loading import check_size, read_config, stored_elements
+from clipmemcap.model.safe_loading import MAX_PARAMETERS, check_size, read_config, stored_elements
 
 IGNORE = -100  # label of positions that are not targets
 MAX_TOKENIZER_BYTES = 50_000_000  # GPT-2's vocab.json is 1 MB
 # Bounds of a GPT-2 config's sizes: far beyond GPT-2 XL (48 layers of 1,600, 1,024 positions)
 GPT2_BOUNDS = {"n_layer": (1, 256), "n_embd": (1, 16_384), "n_head": (1, 256), "n_positions": (1, 65_536),
                "vocab_size": (1, 1_000_000), "n_inner": (1, 65_536)}
-MAX_PARAMETERS = 2_000_000_000
 
 
 def load_tokenizer(source: str | Path) -> GPT2TokenizerFast:

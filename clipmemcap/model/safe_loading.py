@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from clipmemcap.core.jsonio import read_json
 
 MAX_CONFIG_BYTES = 1_000_000
+MAX_PARAMETERS = 2_000_000_000  # a model (mapper or GPT-2) beyond GPT-2 XL's 1.5 billion is no captioner here
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool, "U8": torch.uint8}
 
