@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from prefect import Task
 

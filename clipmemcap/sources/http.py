@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from clipmemcap.core.atomic import atomic_path
@@ -152,12 +153,27 @@ class _Deadline:
         return urllib.request.build_opener(Http, Https)
 
 
+@contextlib.contextmanager
+def _bounded(url: str, seconds: float, late: str) -> Iterator[_Deadline]:
+    """A download's deadline, and its errors classed: ``late`` once the deadline has passed."""
+    deadline = _Deadline(seconds)
+    try:
+        yield deadline
+    except urllib.error.HTTPError as err:
+        raise classify(err)(f"{url}: HTTP Error {err.code}: {err.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if deadline.passed:
+            raise TransientDownloadError(late) from None
+        raise classify(err)(f"{url}: {getattr(err, 'reason', err)}") from None
+    finally:
+        deadline.timer.cancel()
+
+
 def probe(url: str, timeout_s: float) -> dict:
     """What the server says of ``url`` without sending it: ETag, size and date from a HEAD
     request (a GET whose body is never read, where HEAD is refused), all within ``timeout_s``."""
-    deadline = _Deadline(timeout_s)
-    opener = deadline.opener()
-    try:
+    with _bounded(url, timeout_s, f"{url}: no answer within {timeout_s:g} s") as deadline:
+        opener = deadline.opener()
         try:
             response = opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
         except urllib.error.HTTPError as err:
@@ -165,35 +181,19 @@ def probe(url: str, timeout_s: float) -> dict:
                 raise
             response = opener.open(url, timeout=timeout_s)
         with response:
-            return {"etag": response.headers.get("ETag"), "size": response.headers.get("Content-Length"),
-                    "last_modified": response.headers.get("Last-Modified")}
-    except urllib.error.HTTPError as err:
-        raise classify(err)(f"{url}: HTTP Error {err.code}: {err.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        if deadline.passed:
-            raise TransientDownloadError(f"{url}: no answer within {timeout_s:g} s") from None
-        raise classify(err)(f"{url}: {getattr(err, 'reason', err)}") from None
-    finally:
-        deadline.timer.cancel()
+            headers = response.headers
+        return {"etag": headers.get("ETag"), "size": headers.get("Content-Length"),
+                "last_modified": headers.get("Last-Modified")}
 
 
 def fetch_file(url: str, dest: Path, timeout_s: float, deadline_s: float = math.inf) -> Path:
     """Download ``url`` to ``dest``; the file appears under its name only once complete.
     ``timeout_s`` bounds each wait for data, ``deadline_s`` the whole download."""
-    deadline = _Deadline(deadline_s)
-    late = TransientDownloadError(f"{url}: not complete within its deadline of {deadline_s:g} s")
-    try:
+    late = f"{url}: not complete within its deadline of {deadline_s:g} s"
+    with _bounded(url, deadline_s, late) as deadline:
         with atomic_path(dest) as tmp:
             with deadline.opener().open(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
                 shutil.copyfileobj(response, out)
-            if deadline.passed:  # a shut socket can read as a clean end of the file
-                raise late
-    except urllib.error.HTTPError as err:
-        raise classify(err)(f"{url}: HTTP Error {err.code}: {err.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        if deadline.passed:
-            raise late from None
-        raise classify(err)(f"{url}: {getattr(err, 'reason', err)}") from None
-    finally:
-        deadline.timer.cancel()
+            if deadline.passed:  # a shut socket can read as a clean end of the file: never publish it
+                raise TransientDownloadError(late)
     return dest

@@ -22,7 +22,6 @@ from clipmemcap.core.redact import redact_url
 from clipmemcap.sources.http import DownloadError, is_local, probe
 
 
-
 def offline(setting: str) -> str:
     """How to run without the source that ``setting`` names."""
     return (f"offline, set {setting} to a local copy of the file, or run the long-range benchmark (the committed "
