@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipmemcap.model.knn_memory import KNNMemory
+from clipmemcap.model.memory.store import KNNMemory
 from clipmemcap.model.mappers import MapperConfig, build_mapper
 
 sys.path.insert(0, str(Path(__file__).parent))

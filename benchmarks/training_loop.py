@@ -81,7 +81,7 @@ def step_costs(tokenizer, vocabularies: list[str], steps: int = 20) -> None:
     ids = tokenizer(captions)["input_ids"]
     width = max(map(len, ids))
     batch = Batch([None] * B, frames, times, lengths, torch.tensor([i + [0] * (width - len(i)) for i in ids]),
-                  torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]))
+                  torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]), torch.zeros(B, T, dtype=torch.long))
     rows = []
     for vocabulary in vocabularies:
         kept = caption_vocabulary(tokenizer, captions, [13]) if vocabulary == "captions" else None

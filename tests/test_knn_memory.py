@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipmemcap.model.knn_memory import KNNMemory
+from clipmemcap.model.memory.store import KNNMemory
 
 
 def clustered(n, dim=16, clusters=20, seed=0):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipmemcap.model.mappers import (KNNBlock, MapperConfig, build_mapper, load_mapper, load_shared, memory_shut,
+from clipmemcap.model.transformer import MemoryBlock
+from clipmemcap.model.mappers import (MapperConfig, build_mapper, load_mapper, load_shared, memory_shut,
                                      save_mapper, select_frames)
 
 TINY = dict(clip_dim=16, embed_dim=32, heads=4, layers=3, prefix_length=3, clip_length=2, window=4, top_k=4)
@@ -220,7 +221,7 @@ def test_a_stream_refuses_too_many_or_too_few_frames():
 
 def test_the_knn_layer_owns_its_gate_and_sits_where_knn_layers_says():
     mapper = tiny("video-memorizing", layers=4, knn_layers=(-2,))
-    kinds = [isinstance(layer, KNNBlock) for layer in mapper.transformer.layers]
+    kinds = [isinstance(layer, MemoryBlock) for layer in mapper.transformer.layers]
     assert kinds == [False, False, True, False]  # second from the top
     knn = mapper.transformer.layers[2]
     assert knn.gate.shape == (4,) and knn.attn.normalised

@@ -165,3 +165,52 @@ def test_a_memorizing_run_decoded_with_its_memory_shut_is_a_run_of_its_own(cfg, 
     write_json(Layout.run_metrics("memorizing", 1), {"bleu_4": 0.4, "clips": 6})  # one seed without it
     with pytest.raises(ValueError, match="memorizing-gate-shut was evaluated for only some of the seeds"):
         report(cfg)
+
+
+def test_errors_are_split_runs_are_set_against_the_references_and_pre_registered_hypotheses_judged(cfg):
+    runs = "{memorizing: {mapper: video-memorizing}, last: {mapper: video-temporal}, wide: {mapper: video-temporal}}"
+    hypotheses = ("{H5: {claim: wide beats last, a: wide, b: last}, "
+                  "H6: {claim: last keeps its control accuracy, a: last, b: wide, clips: control, line: -0.05}, "
+                  "H7: {claim: absent, a: nope, b: wide}}")
+    cfg = load_config(ROOT / "params.yaml", [f"storage.root={cfg.storage.root}", "finetune.seeds=[0, 1]",
+                                             "benchmark.long_s=[30.0, 120.0]", "report.length_bin_s=30",
+                                             f"finetune.runs={runs}", "report.references=[memorizing, wide]",
+                                             f"report.hypotheses={hypotheses}"])
+    for seed in (0, 1):
+        evaluation(cfg, "memorizing", seed, 2, 2, 0.1)  # 2 long clips right, 2 swapped
+        evaluation(cfg, "last", seed, 0, 2, 0.1)
+        evaluation(cfg, "wide", seed, 4, 2, 0.1)
+        path = Layout.of(cfg).predictions("last", seed)  # `last` names a wrong colour in every long clip
+        rows = json.loads(path.read_text())
+        for row in rows[:4]:
+            row["prediction"] = "a green circle, then a blue square."
+        write_json(path, rows)
+        write_json(Layout.run_metrics("memorizing", seed), {**json.loads(Layout.run_metrics("memorizing", seed).read_text()),
+                   "retrieval_recall": 0.3, "retrieval_base_rate": 0.1, "retrieval_attention_on_events": 0.4,
+                   "retrieval_event_coverage": 0.9, "memory_weight": 0.5, "memory_weight_head_0": 0.5})
+    summary = report(cfg)
+    memorizing, last, wide = summary["memorizing"], summary["last"], summary["wide"]
+    assert memorizing["set_accuracy_long"] == 1.0 and memorizing["order_swap_rate_long"] == 0.5
+    assert memorizing["identity_error_rate_long"] == 0.0
+    assert last["set_accuracy_long"] == 0.5 and last["identity_error_rate_long"] == 1.0 and last["order_swap_rate_long"] == 0.0
+    assert memorizing["retrieval_recall"] == pytest.approx(0.3) and "retrieval_recall" not in last
+    low, high = last["slot_accuracy_long_margin_ci95_vs_wide"]  # last minus wide: 0.5 - 1 on every long clip
+    assert low == high == -0.5 and last["slot_accuracy_short_margin_ci95_vs_wide"] == [0.0, 0.0]
+    assert "slot_accuracy_long_margin_ci95_vs_wide" not in wide and "slot_accuracy_long_margin_ci95_vs_memorizing" in wide
+    verdicts = json.loads(Layout.hypotheses.read_text())
+    assert verdicts["H5"]["verdict"] == "supported" and verdicts["H5"]["estimate"] == pytest.approx(0.5)
+    assert verdicts["H6"]["verdict"] == "supported" and "control clips above -0.05" in verdicts["H6"]["claim"]
+    assert verdicts["H7"]["verdict"] == "not run"
+    table = (Layout.results / "results.md").read_text()
+    assert "| memorizing | 0.300 | 0.100 | 0.400 | 0.900 | 0.500 | 0.50 |" in table
+    assert "| last | 0.500 | 0.500 | 1.000 | 0.000 |" in table
+    with open(Layout.results / "haystack.csv") as f:
+        cells = [row for row in csv.DictReader(f) if row["run"] == "wide" and row["events"] != "0"]
+    assert cells and all(row["accuracy"] == "1.0000" for row in cells)
+    assert sum(int(row["events"]) for row in cells) == 2 * 4 * 2  # seeds x long clips x events
+    assert (Layout.results / "haystack.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pre_registered_hypothesis_may_not_take_an_earlier_ones_name():
+    with pytest.raises(ValueError, match="must differ from H1-H4"):
+        load_config(ROOT / "params.yaml", ["report.hypotheses={H2: {claim: x, a: a, b: b}}"])

@@ -248,6 +248,16 @@ class EvaluateConfig(Strict):
     dense_protocol: bool = Field(False, description="also score by ActivityNet's official protocol (val_1 + val_2)")
 
 
+class PairedHypothesis(Strict):
+    """A pre-registered claim that run ``a`` minus run ``b`` is above ``line`` on the ``clips``
+    (paired 95 % interval: wholly above: supported; wholly at or below: refuted; else inconclusive)."""
+    claim: str = Field(max_length=300)
+    a: str
+    b: str
+    clips: Literal["long", "control"] = "long"
+    line: float = Field(0.0, ge=-1.0, le=1.0)
+
+
 class ReportConfig(Strict):
     slot_accuracy: bool = Field(True, description="score the benchmark's slots; false for ActivityNet's captions")
     length_bin_s: float = Field(10.0, gt=0.0, description="clip-length bins of the slot accuracy plot")
@@ -261,6 +271,19 @@ class ReportConfig(Strict):
     random_run: str = Field("memorizing-random", description="memorizing with random instead of top-k memories (H4)")
     comparisons: dict[str, tuple[str, str]] = Field({}, description="exploratory, not pre-registered: name -> "
                                                     "[a, b], the paired interval of a minus b on long clips")
+    # presets/memory.yaml: the read-path factorial's references and its pre-registered hypotheses
+    references: tuple[str, ...] = Field((), description="runs every other run is compared with, paired, on long "
+                                                       "and control clips (slot_accuracy_*_margin_ci95_vs_<run>)")
+    hypotheses: dict[str, PairedHypothesis] = Field({}, description="pre-registered (reports/protocol.md) beside "
+                                                    "H1-H4: name -> a claim that a minus b is above a line")
+
+    @model_validator(mode="after")
+    def _hypotheses_are_new(self) -> ReportConfig:
+        taken = {"H1", "H2", "H3", "H4"} & (set(self.hypotheses) | set(self.comparisons))
+        if taken or set(self.hypotheses) & set(self.comparisons):
+            raise ValueError(f"report: hypothesis and comparison names must differ from H1-H4 and from each other "
+                             f"({', '.join(sorted(taken or set(self.hypotheses) & set(self.comparisons)))})")
+        return self
 
 
 class BenchmarkConfig(Strict):

@@ -8,7 +8,9 @@ and the caption metrics to ``metrics/runs/<run>-<seed>.json``; then exports the 
 (``<root>/captioners/<run>-<seed>/``, :mod:`clipmemcap.evaluation.export`). A memorizing run is also decoded
 with its memory shut (``evaluate.gate_shut``: every kNN gate at 0, local attention only, the same
 weights): ``predictions_gate_shut.json`` and the metrics' ``gate_shut`` entry. The report lists it
-as the run ``<run>-gate-shut``: what the run's weights recognise without retrieval.
+as the run ``<run>-gate-shut``: what the run's weights recognise without retrieval. On the
+benchmark, a memorizing run's metrics also say what its memory read
+(:mod:`clipmemcap.model.memory.diagnostics`: ``retrieval_recall``, ``retrieval_base_rate``, ...).
 
 With ``evaluate.dense_protocol`` (the real experiment), the predictions are also scored by
 ActivityNet's official protocol (:mod:`clipmemcap.evaluation.dense_protocol`) against the test
@@ -21,6 +23,7 @@ and BMT report (``protocol_mean_<metric>``); the whole output, per tIoU threshol
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import torch
@@ -35,19 +38,24 @@ from clipmemcap.evaluation.metrics import caption_metrics, dense_captioning_resu
 from clipmemcap.model.beam import beam_search, captions
 from clipmemcap.model.captioner import load_caption_model, stop_ids
 from clipmemcap.model.mappers import memory_shut
-from clipmemcap.training.datasets import ActivityNetClips, OracleClips, collate, reference_rows
+from clipmemcap.model.memory.diagnostics import ReadTotals, recording
+from clipmemcap.training.datasets import ActivityNetClips, EventClips, OracleClips, collate, reference_rows
 from clipmemcap.training.stages import run_clips
 
 
-def predict(cfg: Config, model, tokenizer, clips: ActivityNetClips | OracleClips) -> list[dict]:
-    """Beam-search captions of every clip: one row per clip."""
+def predict(cfg: Config, model, tokenizer, clips: ActivityNetClips | EventClips | OracleClips,
+            reads: ReadTotals | None = None) -> list[dict]:
+    """Beam-search captions of every clip: one row per clip; with ``reads``, what the memory read
+    is added to it (the clips' events must be known: :class:`EventClips`)."""
     device, stops = next(model.parameters()).device, stop_ids(cfg, tokenizer)
     rows = []
     for first in tqdm(range(0, len(clips), cfg.evaluate.batch_size), desc="captioning", unit="batch", disable=None):
         indices = range(first, min(len(clips), first + cfg.evaluate.batch_size))
-        batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1)
-        with torch.inference_mode():
-            prefix = model.mapper(batch.frames.to(device), batch.times.to(device), batch.lengths.to(device))
+        batch = collate([clips[i] for i in indices], tokenizer, max_tokens=1).to(device)
+        with torch.inference_mode(), (recording(model.mapper) if reads else contextlib.nullcontext()) as records:
+            prefix = model.mapper(batch.frames, batch.times, batch.lengths, batch.events)
+        if reads:
+            reads.add(records)
         texts = captions(tokenizer, beam_search(model.lm, prefix, cfg.evaluate.beam, cfg.evaluate.max_tokens, stops))
         for i, frames, text in zip(indices, batch.lengths.tolist(), texts):
             segment = clips.rows[i]
@@ -89,8 +97,11 @@ def evaluate(cfg: Config, run: str, seed: int) -> dict:
     layout = Layout.of(cfg)
     model, tokenizer = load_caption_model(cfg, layout.finetune(run, seed))
     clips = run_clips(cfg, run, "test")
-    rows = predict(cfg, model, tokenizer, clips)
-    metrics = score(rows)
+    # what the memory read, where the clips' events are known (the benchmark)
+    memory = model.mapper.cfg.kind == "memorizing" and model.mapper.cfg.memory_backend == "torch"
+    reads = ReadTotals() if memory and isinstance(clips, EventClips) else None
+    rows = predict(cfg, model, tokenizer, clips, reads)
+    metrics = score(rows) | (reads.metrics() if reads else {})
     write_json(layout.predictions(run, seed), rows)
     write_json(layout.evaluation(run, seed) / "dense_captions.json",
                dense_captioning_results([{**r, "caption": r["prediction"]} for r in rows]))

@@ -26,10 +26,11 @@ class Batch:
     lengths: torch.Tensor  # [B]
     tokens: torch.Tensor  # [B, S]
     token_mask: torch.Tensor  # [B, S]
+    events: torch.Tensor  # [B, T]: each frame's event number (0: none or unknown)
 
     def to(self, device) -> Batch:
         return Batch(self.keys, *(t.to(device) for t in (self.frames, self.times, self.lengths, self.tokens,
-                                                         self.token_mask)))
+                                                         self.token_mask, self.events)))
 
 
 class CaptionModel(nn.Module):
@@ -40,7 +41,7 @@ class CaptionModel(nn.Module):
         self.mapper, self.lm = mapper, lm
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        prefix = self.mapper(batch.frames, batch.times, batch.lengths)
+        prefix = self.mapper(batch.frames, batch.times, batch.lengths, batch.events)
         return self.lm(prefix, batch.tokens, batch.token_mask)
 
 

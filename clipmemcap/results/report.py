@@ -3,13 +3,20 @@
 Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and seed, and writes
 
     metrics/summary.json               per run: each metric's mean over seeds and its standard
-                                       deviation (``<metric>_std``); with slot accuracy also the test
-                                       clip counts (``test_clips_long``, ``test_clips_short``),
-                                       ``slot_accuracy_long_margin`` (the run minus the best other
-                                       run) and ``slot_accuracy_long_margin_ci95``: the paired 95 %
-                                       interval of ``report.memory_run`` minus the run (paired.py)
-    metrics/hypotheses.json            the verdicts of reports/protocol.md's hypotheses H1-H4, and
-                                       the exploratory ``report.comparisons`` (a minus b)
+                                       deviation (``<metric>_std``), among them what a memory read
+                                       (``retrieval_*``, ``memory_weight*``: evaluate.py); with slot
+                                       accuracy also the test clip counts (``test_clips_long``,
+                                       ``test_clips_short``), ``set_accuracy_long``/``_short`` (order-
+                                       free), ``order_swap_rate_long`` and ``identity_error_rate_long``
+                                       (slots.py), ``slot_accuracy_long_margin`` (the run minus the best
+                                       other run), ``slot_accuracy_long_margin_ci95``: the paired 95 %
+                                       interval of ``report.memory_run`` minus the run (paired.py), and
+                                       for each of ``report.references``
+                                       ``slot_accuracy_{long,short}_margin_ci95_vs_<reference>``: the
+                                       run minus the reference
+    metrics/hypotheses.json            the verdicts of reports/protocol.md's hypotheses H1-H4, of
+                                       ``report.hypotheses`` (pre-registered later), and the
+                                       exploratory ``report.comparisons`` (a minus b)
     metrics/run.json                   the entry of one run (``report.run``) under plain metric
                                        names, so that ``dvc metrics diff`` between two experiments
                                        that pick different runs lines them up (README)
@@ -19,6 +26,7 @@ Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and see
                                        else the caption metrics per run
     reports/results/learning_curves.png  every run's and seed's validation loss after each epoch
                                        (with the epochs run and the best one in results.md)
+    reports/results/haystack.{png,csv}  long-clip accuracy by clip length x the event's place (haystack.py)
 
 Short clips (at most ``benchmark.short_s[1]`` seconds) are the control set; every longer clip
 counts as long.
@@ -40,8 +48,10 @@ from clipmemcap.core.atomic import write_json  # noqa: E402
 from clipmemcap.core.config import Config, run_command, settings_parser  # noqa: E402
 from clipmemcap.core.layout import Layout, gate_shut_run, run_name  # noqa: E402
 from clipmemcap.results.ceilings import ceilings  # noqa: E402
+from clipmemcap.results.haystack import haystack, write_haystack  # noqa: E402
 from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci  # noqa: E402
 from clipmemcap.results.slots import clip_scores as slot_clip_scores  # noqa: E402
+from clipmemcap.results.slots import set_scores  # noqa: E402
 
 TABLE_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d")
 
@@ -58,10 +68,11 @@ def _length_bins(cfg: Config) -> list[tuple[str, float, float]]:
 
 
 class Scores:
-    """Per-clip slot scores of every run, ``[seeds, clips]``, on one list of test clips."""
+    """Per-clip slot scores (``tables``) and order-free set scores (``sets``) of every run,
+    ``[seeds, clips]``, on one list of test clips; ``predictions``: the rows, sorted alike."""
 
     def __init__(self, cfg: Config, predictions: dict[str, list[list[dict]]]):
-        self.tables, self.rows, first = {}, None, None  # rows: the clips (one evaluation's rows, sorted)
+        self.tables, self.sets, self.predictions, self.rows, first = {}, {}, {}, None, None  # rows: the clips
         for run, per_seed in predictions.items():
             rows = [sorted(seed_rows, key=lambda r: (r["video_id"], r["segment"])) for seed_rows in per_seed]
             for seed_rows in rows:
@@ -70,8 +81,10 @@ class Scores:
                 elif [(r["video_id"], r["segment"]) for r in seed_rows] != [(r["video_id"], r["segment"]) for r in self.rows]:
                     raise ValueError(f"{run} was evaluated on other test clips than {first}: paired comparisons "
                                      "need the same test set (run its evaluate stages again)")
-            self.tables[run] = np.stack([slot_clip_scores([(r["prediction"], r["reference"]) for r in seed_rows],
-                                                          cfg.benchmark) for seed_rows in rows])
+            pairs = [[(r["prediction"], r["reference"]) for r in seed_rows] for seed_rows in rows]
+            self.tables[run] = np.stack([slot_clip_scores(p, cfg.benchmark) for p in pairs])
+            self.sets[run] = np.stack([set_scores(p, cfg.benchmark) for p in pairs])
+            self.predictions[run] = rows
         self.lengths = np.array([r["end"] - r["start"] for r in self.rows])
         self.short = self.lengths <= cfg.benchmark.short_s[1]
 
@@ -80,6 +93,19 @@ class Scores:
 
     def control(self, run: str) -> np.ndarray:
         return self.tables[run][:, self.short]
+
+    def on(self, clips: str, run: str) -> np.ndarray:
+        """``clips``: long | control."""
+        return self.long(run) if clips == "long" else self.control(run)
+
+    def errors(self, run: str) -> dict[str, list[float]]:
+        """Per seed, on long clips: set accuracy (both clip sets), the share of clips with an
+        identity error (an event not named) and with an order swap (every event named, out of order)."""
+        sets, slots = self.sets[run], self.tables[run]
+        long = ~self.short
+        return {"set_accuracy_long": sets[:, long].mean(1).tolist(), "set_accuracy_short": sets[:, self.short].mean(1).tolist(),
+                "identity_error_rate_long": (sets[:, long] < 1).mean(1).tolist(),
+                "order_swap_rate_long": ((sets[:, long] == 1) & (slots[:, long] < 1)).mean(1).tolist()}
 
     def in_bin(self, run: str, low: float, high: float) -> np.ndarray:
         return self.tables[run][:, (low < self.lengths) & (self.lengths <= high)]
@@ -119,7 +145,8 @@ def summarise(cfg: Config, metrics: dict[str, dict[str, list[float]]], scores: S
     if scores is not None:
         for run in per_seed:
             per_seed[run] = {"slot_accuracy_long": scores.long(run).mean(1).tolist(),
-                             "slot_accuracy_short": scores.control(run).mean(1).tolist(), **per_seed[run]}
+                             "slot_accuracy_short": scores.control(run).mean(1).tolist(), **scores.errors(run),
+                             **per_seed[run]}
     summary = {run: {k: v for key, values in values_of.items()
                      for k, v in ((key, float(np.mean(values))), (f"{key}_std", float(np.std(values))))}
                for run, values_of in per_seed.items()}
@@ -133,6 +160,11 @@ def summarise(cfg: Config, metrics: dict[str, dict[str, list[float]]], scores: S
             values["slot_accuracy_long_margin"] = values["slot_accuracy_long"] - best_other
         if run != memory and memory in summary:
             values["slot_accuracy_long_margin_ci95"] = difference_ci(scores.long(memory), scores.long(run))
+        for reference in (r for r in cfg.report.references if r in summary and r != run):
+            for clips in ("long", "short"):
+                on = "long" if clips == "long" else "control"
+                values[f"slot_accuracy_{clips}_margin_ci95_vs_{reference}"] = difference_ci(
+                    scores.on(on, run), scores.on(on, reference))
     for run, per_clip in ceilings(cfg, scores.rows).items():
         if run not in summary:  # a memorizing run decoded only with its memory open
             continue
@@ -187,6 +219,14 @@ def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[st
     for name, (other, claim, line, above) in claims.items():
         out[name] = {"claim": claim, **margin(other, line, above)} if {memory, other} <= runs else \
             {"claim": claim, "verdict": "not run"}
+    for name, h in rep.hypotheses.items():
+        claim = f"{h.claim} ({h.a} minus {h.b} on {h.clips} clips above {h.line:+g})"
+        if not {h.a, h.b} <= runs:
+            out[name] = {"claim": claim, "verdict": "not run"}
+            continue
+        ci = difference_ci(scores.on(h.clips, h.a), scores.on(h.clips, h.b))
+        estimate = float(scores.on(h.clips, h.a).mean() - scores.on(h.clips, h.b).mean())
+        out[name] = {"claim": claim, "estimate": round(estimate, 6), "ci95": ci, "verdict": verdict(ci, h.line, True)}
     for name, (a, b) in rep.comparisons.items():
         claim = f"exploratory: {a} minus {b} on long clips"
         if not {a, b} <= runs:
@@ -232,6 +272,42 @@ def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
             low, high = values["slot_accuracy_long_margin_ci95"]
             margin = summary[memory]["slot_accuracy_long"] - values["slot_accuracy_long"]
             lines.append(f"| {run} | {margin:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def _diagnostics_table(summary: dict[str, dict], references: tuple[str, ...]) -> str:
+    """Errors by kind, what each memory read, and every run against the references."""
+    lines = ["", "Errors on long clips (mean over seeds): set accuracy forgives the order; an identity error "
+                 "names an event wrong or not at all; an order swap names every event, out of order.", "",
+             "| run | slot accuracy | set accuracy | clips with an identity error | clips with an order swap |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {run} | {v['slot_accuracy_long']:.3f} | {v['set_accuracy_long']:.3f} | {v['identity_error_rate_long']:.3f} "
+              f"| {v['order_swap_rate_long']:.3f} |" for run, v in summary.items()]
+    read = {run: v for run, v in summary.items() if "retrieval_recall" in v}
+    if read:
+        lines += ["", "What the memory read (the final chunk's prefix queries in the top memory layer, every head; "
+                      "clips with memory): recall = the share of entries read that are event frames, against the "
+                      "base rate of event frames among those stored; the share of memory attention on event frames; "
+                      "the events with a frame in memory that some query read; the weight of memory in the layer's "
+                      "output (gate, or joint softmax mass), per head.", "",
+                  "| run | recall | base rate | attention on events | events read | memory weight | per head |",
+                  "|---|---|---|---|---|---|---|"]
+        for run, v in read.items():
+            heads = " / ".join(f"{v[k]:.2f}" for k in sorted(k for k in v if k.startswith("memory_weight_head_")
+                                                                and not k.endswith("_std")))
+            lines.append(f"| {run} | {v['retrieval_recall']:.3f} | {v['retrieval_base_rate']:.3f} | "
+                         f"{v['retrieval_attention_on_events']:.3f} | {v['retrieval_event_coverage']:.3f} | "
+                         f"{v['memory_weight']:.3f} | {heads} |")
+    present = [r for r in references if r in summary]
+    if present:
+        cell = lambda v, key: "" if key not in v else f"[{v[key][0]:+.3f}, {v[key][1]:+.3f}]"  # noqa: E731
+        header = " | ".join(f"long − {r} | control − {r}" for r in present)
+        lines += ["", "Every run minus each reference, paired 95 % intervals (clips and seeds resampled).", "",
+                  f"| run | long | control | {header} |", "|---|---|---|" + "---|" * (2 * len(present))]
+        for run, v in summary.items():
+            cells = " | ".join(f"{cell(v, f'slot_accuracy_long_margin_ci95_vs_{r}')} | "
+                               f"{cell(v, f'slot_accuracy_short_margin_ci95_vs_{r}')}" for r in present)
+            lines.append(f"| {run} | {v['slot_accuracy_long']:.3f} | {v['slot_accuracy_short']:.3f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,8 +409,10 @@ def report(cfg: Config) -> dict:
     bins = {}
     if scores is not None:
         verdicts = hypotheses(cfg, summary, scores)
-        text += _hypotheses_table(verdicts)
+        text += _hypotheses_table(verdicts) + _diagnostics_table(summary, cfg.report.references)
         bins = _bins(cfg, scores)
+        long_bins = _length_bins(cfg)[1:]
+        write_haystack(out_dir, haystack(cfg, scores.predictions, long_bins), long_bins)
     else:  # a DVC metric is always written: the real experiment says why it has no verdicts
         verdicts = {name: {"verdict": "not run", "why": "report.slot_accuracy is false: the hypotheses are about "
                                                         "the benchmark's slot accuracy"} for name in HYPOTHESES}

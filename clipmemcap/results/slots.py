@@ -1,6 +1,8 @@
 """Slot accuracy, the long-range benchmark's metric: for each event a reference caption names
 ("a red circle, then a blue square."), does the prediction name the same colour and shape at
-the same position? A swapped order scores 0."""
+the same position? A swapped order scores 0. Set accuracy forgives the order: it splits a
+run's errors into identity errors (an event named with a wrong colour or shape, or not at all:
+set score < 1) and order swaps (every event named, in a wrong order: set score 1, slot score < 1)."""
 
 from __future__ import annotations
 
@@ -32,3 +34,28 @@ def slot_accuracy(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> flo
     """The mean of :func:`clip_scores`."""
     scores = clip_scores(pairs, cfg)
     return float(scores.mean()) if len(scores) else float("nan")
+
+
+def set_scores(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> np.ndarray:
+    """Order-free slot accuracy: for each pair, the fraction of the reference's slots that the
+    prediction names anywhere (each named slot matched once)."""
+    scores = []
+    for prediction, reference in pairs:
+        got = slots(prediction, cfg)
+        found = 0
+        for slot in slots(reference, cfg):
+            if slot in got:
+                got.remove(slot)
+                found += 1
+        scores.append(found / len(slots(reference, cfg)))
+    return np.array(scores, dtype=np.float64)
+
+
+def event_hits(pairs: Iterable[tuple[str, str]], cfg: BenchmarkConfig) -> list[list[bool]]:
+    """For each pair, whether the prediction names each of the reference's slots (events) right,
+    at its position."""
+    hits = []
+    for prediction, reference in pairs:
+        want, got = slots(reference, cfg), slots(prediction, cfg)
+        hits.append([i < len(got) and got[i] == slot for i, slot in enumerate(want)])
+    return hits

@@ -32,6 +32,7 @@ class Sample:
     frames: np.ndarray  # [n, D] float32
     times: np.ndarray  # [n] float32, seconds from the clip's start
     caption: str
+    events: np.ndarray | None = None  # [n] int: each frame's event number (0: none), where known (EventClips)
 
 
 def _verified(root: Path, relatives: set[str], rebuild: str) -> None:
@@ -88,6 +89,33 @@ def oracle_frames(times: np.ndarray, events: list[float], event_s: float, window
         slot = min(np.flatnonzero(~kept), key=lambda i: abs(picks[i] - middle))
         picks[slot], kept[slot] = middle, True
     return np.unique(picks)
+
+
+def frame_events(times: np.ndarray, events: list[float], event_s: float) -> np.ndarray:
+    """Each frame's event number [n] (1 for the clip's first event, ...; 0: none): the frames at
+    times in [start, start + event_s) of an event (what :func:`oracle_frames` counts as showing it)."""
+    numbers = np.zeros(len(times), np.int64)
+    for number, start in enumerate(events, 1):
+        numbers[(times >= start) & (times < start + event_s)] = number
+    return numbers
+
+
+class EventClips:
+    """Clips with each frame's event (:func:`frame_events`): the benchmark's, whose event times it
+    knows. A memory's oracle read and its diagnostics use them; no other mapper does."""
+
+    def __init__(self, clips: ActivityNetClips, events: dict[tuple[str, int], list[float]], event_s: float):
+        self.clips, self.rows, self.events, self.event_s = clips, clips.rows, events, event_s
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = self.clips[i]
+        if sample.key not in self.events:
+            raise KeyError(f"no event times for clip {sample.key}: events need the benchmark's clips")
+        return Sample(sample.key, sample.frames, sample.times, sample.caption,
+                      frame_events(sample.times, self.events[sample.key], self.event_s))
 
 
 class OracleClips:
@@ -166,8 +194,11 @@ def collate(samples: list[Sample], tokenizer, max_tokens: int) -> Batch:
     T = max(len(s.frames) for s in samples)
     D = samples[0].frames.shape[1]
     frames, times = np.zeros((len(samples), T, D), np.float32), np.zeros((len(samples), T), np.float32)
+    events = np.zeros((len(samples), T), np.int64)
     for i, s in enumerate(samples):
         frames[i, : len(s.frames)], times[i, : len(s.times)] = s.frames, s.times
+        if s.events is not None:
+            events[i, : len(s.events)] = s.events
     ids = [seq[:max_tokens] for seq in tokenizer([s.caption for s in samples])["input_ids"]]
     S = max(1, max(map(len, ids)))
     tokens = torch.zeros(len(samples), S, dtype=torch.long)
@@ -175,7 +206,7 @@ def collate(samples: list[Sample], tokenizer, max_tokens: int) -> Batch:
     for i, seq in enumerate(ids):
         tokens[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq, dtype=torch.long), 1
     return Batch([s.key for s in samples], torch.from_numpy(frames), torch.from_numpy(times),
-                 torch.tensor([len(s.frames) for s in samples]), tokens, mask)
+                 torch.tensor([len(s.frames) for s in samples]), tokens, mask, torch.from_numpy(events))
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> list[int]:

@@ -24,7 +24,7 @@ from clipmemcap.model.captioner import CaptionModel, gpt2_source, stop_ids
 from clipmemcap.model.mappers import MapperConfig, VideoTransformer, build_mapper, load_mapper, load_shared
 from clipmemcap.model.prefix_lm import PrefixLM, caption_vocabulary, load_gpt2, load_tokenizer
 from clipmemcap.sources.benchmark import event_starts
-from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, OracleClips, frame_statistics
+from clipmemcap.training.datasets import ActivityNetClips, CocoCaptions, EventClips, OracleClips, frame_statistics
 from clipmemcap.training.loop import train
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,15 @@ def pretrain(cfg: Config) -> dict:
                  live_dir=layout.pretrain_logs, fingerprint=_fingerprint(cfg, model, coco.out))
 
 
-def run_clips(cfg: Config, run: str, split: str) -> ActivityNetClips | OracleClips:
-    """The clips of ``split`` as ``run`` sees them: every frame, or its oracle frames (benchmark only)."""
+def run_clips(cfg: Config, run: str, split: str) -> ActivityNetClips | EventClips | OracleClips:
+    """The clips of ``split`` as ``run`` sees them: every frame, or its oracle frames (benchmark
+    only); on the benchmark every frame with its event (a memory's oracle read, the diagnostics)."""
     clips = ActivityNetClips(Layout.of(cfg).activitynet, split)
     mapper, overrides, _ = cfg.finetune.run(run, 0)
     if cfg.finetune.runs[run].frames == "all":
-        return clips
+        if not cfg.benchmark.build:
+            return clips
+        return EventClips(clips, event_starts(cfg.benchmark, cfg.activitynet.subset), cfg.benchmark.event_s)
     window = MapperConfig.load(mapper, **overrides).window
     return OracleClips(clips, event_starts(cfg.benchmark, cfg.activitynet.subset), cfg.benchmark.event_s, window)
 

@@ -1,4 +1,4 @@
-"""External kNN memory of (key, value) pairs, one independent memory per batch row (per clip).
+"""The kNN memory's store: (key, value) pairs, one independent memory per batch row (per clip).
 
 All rows live in one tensor pair, ``keys, values [B, heads, capacity, dim]``, each row a ring
 buffer with its own fill count, so a full row evicts its oldest entries first (FIFO) instead of
@@ -16,7 +16,7 @@ reach the queries and never the memory. Backends choose the top-k:
   (``benchmarks/memorizing_mapper.py``) before trusting it.
 
 ``retrieval="random"`` (the ablation of content-based retrieval) selects k stored entries at
-random instead, whatever the query.
+random instead, whatever the query; ``"dense"`` selects every stored entry.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class KNNMemory:
         n = self.bound
         keys, values = self.keys[:, :, :n], self.values[:, :, :n]
         stored = (torch.arange(n, device=queries.device)[None, :] < self.sizes[:, None])[:, None, None, :]  # [B, 1, 1, n]
-        if self.faiss is None or self.retrieval == "random":
+        if self.faiss is None or self.retrieval in ("random", "dense"):
             return keys, values, select(queries, keys, stored, k, self.retrieval)
         best = torch.zeros(*queries.shape[:3], min(k, n), dtype=torch.long, device=queries.device)
         for row, size in enumerate(self.sizes.tolist()):
@@ -161,16 +161,22 @@ class KNNMemory:
         return keys, values, selected & stored
 
 
-def select(queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor, k: int, retrieval: str = "top-k") -> torch.Tensor:
+def select(queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor, k: int, retrieval: str = "top-k",
+           forced: torch.Tensor | None = None) -> torch.Tensor:
     """Exact search: queries [B, heads, q, dim], keys [B, heads, n, dim], ``allowed`` (broadcast
     to [B, heads, q, n]) -> ``selected [B, heads, q, n]``: True at each query's k allowed keys of
     highest inner product (all if it has fewer; with ``retrieval="random"``, k allowed keys at
-    random, torch's RNG)."""
+    random, torch's RNG; ``"dense"``: every allowed key). ``forced`` (broadcast like ``allowed``;
+    the oracle read): entries selected besides, whatever their score."""
     n = keys.shape[2]
+    if retrieval == "dense":
+        return allowed.expand(*queries.shape[:3], n)
     if retrieval == "random":
         ranks = torch.rand(*queries.shape[:3], n, device=queries.device)
     else:
         ranks = queries.detach() @ keys.transpose(-1, -2).to(queries.dtype)  # [B, heads, q, n]
     best = ranks.masked_fill(~allowed, float("-inf")).topk(min(k, n), dim=-1, sorted=False).indices
     selected = torch.zeros(*ranks.shape, dtype=torch.bool, device=queries.device).scatter_(-1, best, True)
+    if forced is not None:
+        selected = selected | forced
     return selected & allowed
