@@ -137,6 +137,8 @@ def test_paths_and_urls_longer_than_a_file_system_or_server_takes_are_refused(ov
     ("activitynet.download.rate_limit=lots", "rate_limit"), ("activitynet.download.rate_limit=-2M", "rate_limit"),
     ('finetune.runs={"../x; rm -rf": {mapper: video-temporal}}', "run name"),
     ('finetune.runs={"a b": {mapper: video-temporal}}', "run name"),
+    ("finetune.more_seeds=[memorizing-0]", "more_seeds"), ("finetune.more_seeds=[nope-3]", "more_seeds"),
+    ('finetune.more_seeds=["../x-3"]', "more_seeds"), ("finetune.more_seeds=[uniform-3, uniform-3]", "twice"),
 ])
 def test_numbers_are_finite_rate_limits_parse_and_run_names_are_safe(override, name):
     """inf and NaN passed every bound, a malformed rate_limit silently meant no limit, and run
@@ -160,3 +162,36 @@ def test_params_are_laid_out_as_dvc_writes_them(tmp_path):
                                     f"finetune.train.epochs={committed.finetune.train.epochs}",
                                     f"activitynet.subset.train_videos={committed.activitynet.subset.train_videos}"])
     assert copy.read_text() == (ROOT / "params.yaml").read_text()
+
+
+def test_an_unstable_run_takes_more_seeds_as_stages_of_its_own():
+    from clipmemcap.core.config import add_run_arguments, run_and_seed
+    import argparse
+    import os
+
+    cfg = load_config(ROOT / "params.yaml", ["finetune.more_seeds=[uniform-3, uniform-4, last-7]"])
+    assert cfg.finetune.seeds_of("uniform") == (0, 1, 2, 3, 4) and cfg.finetune.seeds_of("mean") == (0, 1, 2)
+    args = add_run_arguments(argparse.ArgumentParser(), "finetune").parse_args([])
+    for stage, expected in (("finetune-more@uniform-3", ("uniform", 3)), ("finetune@last-1", ("last", 1))):
+        os.environ["DVC_STAGE"] = stage
+        try:
+            assert run_and_seed(args, "finetune") == expected
+        finally:
+            del os.environ["DVC_STAGE"]
+
+
+def test_the_memory_preset_runs_every_read_path_variant_its_hypotheses_name_on_the_studys_test_set(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    memory = apply_preset(tmp_path / "params.yaml", ROOT / "presets" / "memory.yaml")
+    rep, runs = memory.report, memory.finetune.runs
+    named = {run for h in rep.hypotheses.values() for run in (h.a, h.b)} | set(rep.references)
+    named |= {run for pair in rep.comparisons.values() for run in pair}
+    assert named <= set(runs) and {"memorizing", "uniform-64", "oracle", "all-frames"} <= set(runs)
+    assert {"H5", "H6", "H7"} <= set(rep.hypotheses) and rep.hypotheses["H7"].clips == "control"
+    assert memory.activitynet.subset.test_videos >= 250 and memory.finetune.train.patience
+    assert len(memory.finetune.seeds) >= 3 and len(memory.finetune.seeds_of("all-frames")) >= 5
+    overrides = {name: {**memory.finetune.mapper_overrides, **run.mapper_overrides} for name, run in runs.items()}
+    for name, change in (("memorizing-oracle-read", {"retrieval": "oracle"}), ("memorizing-dense", {"retrieval": "dense"}),
+                         ("memorizing-differentiable", {"differentiable": True}), ("memorizing-joint", {"combine": "joint"})):
+        assert overrides[name] == {**overrides["memorizing"], **change}, name  # one change each
+    assert overrides["memorizing-deep"]["layers"] == overrides["uniform-64-deep"]["layers"] == 4

@@ -220,6 +220,9 @@ class FinetuneConfig(Strict):
     }
     mapper_overrides: dict[str, Any] = Field(BENCHMARK_MAPPER, description="applied to every run, before the run's own")
     seeds: tuple[int, ...] = (0, 1, 2)
+    # An unstable run (a wide spread over seeds) gets more seeds than finetune.seeds:
+    # "<run>-<seed>", each a DVC stage of its own (finetune-more@<run>-<seed>, evaluate-more@...)
+    more_seeds: tuple[str, ...] = ()
     train: TrainConfig = TrainConfig(batch_size=16, epochs=5)
 
     @model_validator(mode="after")
@@ -229,7 +232,19 @@ class FinetuneConfig(Strict):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
                 raise ValueError(f"finetune.runs: run name {name!r} must be letters, digits, '_' and '-' "
                                  "(it becomes a folder and a DVC stage name)")
+        for item in self.more_seeds:
+            match = re.fullmatch(r"(.+)-(\d{1,9})", item)
+            if not match or match[1] not in self.runs or int(match[2]) in self.seeds:
+                raise ValueError(f"finetune.more_seeds: {str(item)[:80]!r} must be <run>-<seed>, a run of finetune.runs "
+                                 "and a seed not in finetune.seeds")
+        if len(set(self.more_seeds)) != len(self.more_seeds):
+            raise ValueError("finetune.more_seeds: a run's seed is listed twice")
         return self
+
+    def seeds_of(self, name: str) -> tuple[int, ...]:
+        """finetune.seeds, then the run's more_seeds."""
+        more = [int(item.rpartition("-")[2]) for item in self.more_seeds if item.rpartition("-")[0] == name]
+        return (*self.seeds, *more)
 
     def run(self, name: str, seed: int) -> tuple[str, dict[str, Any], TrainConfig]:
         """Mapper config name, its overrides and the training settings of one run and seed."""
@@ -447,12 +462,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, stage: str) -> argparse.A
 
 def run_and_seed(args: argparse.Namespace, stage: str) -> tuple[str, int]:
     """The run and seed from the command line or, as ``dvc repro`` runs the stage, from the name
-    DVC gives it in ``DVC_STAGE`` (``finetune@memorizing-0``). dvc.yaml's commands never carry the
-    run's name: a name in params.yaml or a preset would be a shell word there, run before any check."""
+    DVC gives it in ``DVC_STAGE`` (``finetune@memorizing-0``, or ``finetune-more@all-frames-3`` for
+    a seed of finetune.more_seeds). dvc.yaml's commands never carry the run's name: a name in
+    params.yaml or a preset would be a shell word there, run before any check."""
     if args.run is not None and args.seed is not None:
         return args.run, args.seed
     named = os.environ.get("DVC_STAGE", "")
-    match = re.fullmatch(rf"(?:.*:)?{stage}@(.+)-(-?\d+)", named)
+    match = re.fullmatch(rf"(?:.*:)?{stage}(?:-more)?@(.+)-(-?\d+)", named)
     if args.run is not None or args.seed is not None or not match:
         raise ValueError(f"give both --run and --seed (or run it as DVC's {stage}@<run>-<seed> stage; DVC_STAGE is "
                          f"{named[:80]!r})")

@@ -114,9 +114,9 @@ class Scores:
 def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], Scores | None]:
     """Per run: each caption metric's values over seeds; and the per-clip slot scores. A memorizing
     run decoded with its memory shut too (evaluate.py) adds the run ``<run>-gate-shut``."""
-    metrics, predictions, layout = {}, {}, Layout.of(cfg)
+    metrics, predictions, layout, expected = {}, {}, Layout.of(cfg), {}
     for run in cfg.finetune.runs:
-        for seed in cfg.finetune.seeds:
+        for seed in cfg.finetune.seeds_of(run):
             path = layout.run_metrics(run, seed)
             if not path.exists():
                 raise FileNotFoundError(f"no evaluation of {run_name(run, seed)} ({path}): run its evaluate stage first")
@@ -125,13 +125,14 @@ def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], Scores | No
             if "gate_shut" in values:
                 decodings[gate_shut_run(run)] = values.pop("gate_shut"), True
             for name, (scores, shut) in decodings.items():
+                expected[name] = cfg.finetune.seeds_of(run)
                 for key, value in scores.items():
                     metrics.setdefault(name, {}).setdefault(key, []).append(value)
                 if cfg.report.slot_accuracy:
                     predictions.setdefault(name, []).append(json.loads(layout.predictions(run, seed, shut).read_text()))
     for name, values in metrics.items():
-        if len(values["clips"]) != len(cfg.finetune.seeds):
-            raise ValueError(f"{name} was evaluated for only some of the seeds {list(cfg.finetune.seeds)}: "
+        if len(values["clips"]) != len(expected[name]):
+            raise ValueError(f"{name} was evaluated for only some of the seeds {list(expected[name])}: "
                              "run the evaluate stages again")
     return metrics, Scores(cfg, predictions) if cfg.report.slot_accuracy else None
 
@@ -239,9 +240,10 @@ def hypotheses(cfg: Config, summary: dict[str, dict], scores: Scores) -> dict[st
     return out
 
 
-def _table(summary: dict[str, dict], seeds: int, memory: str) -> str:
+def _table(summary: dict[str, dict], seeds: int, memory: str, more: dict[str, int]) -> str:
     columns = [c for c in ("slot_accuracy_long", "slot_accuracy_short", *TABLE_METRICS) if c in next(iter(summary.values()))]
-    lines = [f"Mean ± standard deviation over {seeds} seed(s); corpus-level caption metrics.", "",
+    more_text = "".join(f", {run} over {n}" for run, n in more.items())
+    lines = [f"Mean ± standard deviation over {seeds} seed(s){more_text}; corpus-level caption metrics.", "",
              "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for run, values in summary.items():
         cells = [f"{values[c]:.3f} ± {values[c + '_std']:.3f}" for c in columns]
@@ -365,7 +367,7 @@ def learning_curves(cfg: Config) -> dict[str, list[np.ndarray]]:
     the fine-tuning logs (dvclive's ``plots/metrics/val/loss.tsv``)."""
     curves = {}
     for run in cfg.finetune.runs:
-        for seed in cfg.finetune.seeds:
+        for seed in cfg.finetune.seeds_of(run):
             path = Layout.finetune_logs(run, seed) / "plots" / "metrics" / "val" / "loss.tsv"
             if path.exists():
                 curves.setdefault(run, []).append(np.loadtxt(path, skiprows=1, ndmin=2))
@@ -405,7 +407,9 @@ def report(cfg: Config) -> dict:
     write_json(Layout.run_summary, summary[cfg.report.run])
     out_dir = Layout.results
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = _table(summary, len(cfg.finetune.seeds), cfg.report.memory_run)
+    more = {run: len(cfg.finetune.seeds_of(run)) for run in cfg.finetune.runs
+            if len(cfg.finetune.seeds_of(run)) != len(cfg.finetune.seeds)}
+    text = _table(summary, len(cfg.finetune.seeds), cfg.report.memory_run, more)
     bins = {}
     if scores is not None:
         verdicts = hypotheses(cfg, summary, scores)
