@@ -70,9 +70,10 @@ def model() -> CaptionModel:
     return CaptionModel(mapper, PrefixLM(gpt2, 50256))
 
 
-def step_costs(tokenizer, vocabularies: list[str], steps: int = 20) -> None:
-    rng = np.random.default_rng(0)
-    B = 16
+def benchmark_batch(tokenizer, B: int = 16, seed: int = 0) -> tuple[Batch, list[str]]:
+    """A batch at the long-range benchmark's sizes, clips of 20-60 s at 5 fps (64-d frames) and
+    two-event captions of its kind, and its captions."""
+    rng = np.random.default_rng(seed)
     lengths = torch.tensor(rng.integers(100, 301, B))  # 20-60 s at 5 fps
     T = int(lengths.max())
     frames, times = torch.randn(B, T, 64), (torch.arange(T) / 5.0)[None].repeat(B, 1)
@@ -80,28 +81,42 @@ def step_costs(tokenizer, vocabularies: list[str], steps: int = 20) -> None:
     captions = [f"{words[rng.integers(12)]}, then {words[rng.integers(12)]}." for _ in range(B)]
     ids = tokenizer(captions)["input_ids"]
     width = max(map(len, ids))
-    batch = Batch([None] * B, frames, times, lengths, torch.tensor([i + [0] * (width - len(i)) for i in ids]),
-                  torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]), torch.zeros(B, T, dtype=torch.long))
+    events = torch.zeros(B, T, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):  # two 1-s events somewhere in each clip
+        for number, start in enumerate(sorted(rng.choice(n - 5, 2, replace=False)), 1):
+            events[row, start : start + 5] = number
+    return Batch([None] * B, frames, times, lengths, torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                 torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]), events), captions
+
+
+def step_ms(mapper_cfg: MapperConfig, batch: Batch, vocabulary: list[int] | None, steps: int) -> float:
+    """Best ms of a training step (forward, backward, clipping, AdamW as train() builds it) of a
+    captioner with this mapper and the tiny GPT-2."""
+    torch.manual_seed(0)
+    gpt2 = load_gpt2(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=128))
+    net = CaptionModel(build_mapper(mapper_cfg), PrefixLM(gpt2, 50256, **({"vocabulary": vocabulary} if vocabulary else {})))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+
+    def step():
+        loss = net(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+
+    step()
+    return 1000 * best_times({"s": step}, steps)["s"]
+
+
+def step_costs(tokenizer, vocabularies: list[str], steps: int = 20) -> None:
+    batch, captions = benchmark_batch(tokenizer)
     rows = []
     for vocabulary in vocabularies:
         kept = caption_vocabulary(tokenizer, captions, [13]) if vocabulary == "captions" else None
         for run, over in (("uniform", {"kind": "temporal", "frame_policy": "uniform"}), ("memorizing", {})):
-            torch.manual_seed(0)
             cfg = MapperConfig.load("video-memorizing", clip_dim=64, embed_dim=64, layers=2, heads=4, prefix_length=4,
                                     window=16, **over)
-            gpt2 = load_gpt2(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=128))
-            net = CaptionModel(build_mapper(cfg), PrefixLM(gpt2, 50256, **({"vocabulary": kept} if kept else {})))
-            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)  # as train() builds it
-
-            def step():
-                loss = net(batch)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimizer.step()
-
-            step()
-            rows.append({"vocabulary": vocabulary, "run": run, "ms": 1000 * best_times({"s": step}, steps)["s"]})
+            rows.append({"vocabulary": vocabulary, "run": run, "ms": step_ms(cfg, batch, kept, steps)})
     for row in rows:
         baseline = next(r["ms"] for r in rows if r["vocabulary"] == row["vocabulary"] and r["run"] == "uniform")
         full = next((r["ms"] for r in rows if r["vocabulary"] == "full" and r["run"] == "uniform"), float("nan"))

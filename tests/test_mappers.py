@@ -33,6 +33,7 @@ def batch(clips, pad_seed=99):
 
 
 @pytest.mark.parametrize("name,options", [("video-memorizing", {}), ("video-memorizing", {"xl_cache": True}),
+                                          ("video-memorizing", {"retrieval": "dense", "combine": "joint"}),
                                           ("video-temporal", {}), ("video-temporal", {"frame_policy": "mean"}),
                                           ("clipcap-transformer", {}), ("clipcap-mlp", {})])
 def test_prefix_is_the_same_alone_and_in_a_batch(name, options):
@@ -78,7 +79,9 @@ def test_an_unknown_frame_policy_is_refused_by_name():
 
 
 @pytest.mark.parametrize("options", [{}, {"xl_cache": True}, {"memory_capacity": 8}, {"knn_layers": (0, 1)},
-                                     {"knn_layers": (0,)}, {"top_k": 1}])
+                                     {"knn_layers": (0,)}, {"top_k": 1}, {"retrieval": "dense"}, {"combine": "joint"},
+                                     {"combine": "joint", "xl_cache": True},
+                                     {"retrieval": "dense", "combine": "joint", "memory_capacity": 8}])
 def test_all_chunks_at_once_equal_chunk_after_chunk(options):
     """The exact parallel path (torch backend) against the sequential one (a faiss-flat memory,
     chunk by chunk), on a batch of clips of different lengths."""
@@ -189,6 +192,7 @@ def test_xl_cache_lets_the_local_attention_see_the_previous_chunk():
 
 
 @pytest.mark.parametrize("name,options", [("video-memorizing", {}), ("video-memorizing", {"xl_cache": True}),
+                                          ("video-memorizing", {"retrieval": "dense", "combine": "joint"}),
                                           ("video-temporal", {}), ("video-temporal", {"frame_policy": "last"}),
                                           ("video-temporal", {"frame_policy": "mean"}),
                                           ("clipcap-transformer", {}), ("clipcap-mlp", {})])

@@ -102,22 +102,6 @@ def test_the_joint_softmax_weighs_memory_against_local_keys_and_equals_local_att
     assert all(metrics[f"memory_weight_head_{h}"] == pytest.approx(0.5) for h in range(4))
 
 
-@pytest.mark.parametrize("options", [{"retrieval": "dense"}, {"combine": "joint"}, {"combine": "joint", "xl_cache": True},
-                                     {"retrieval": "dense", "combine": "joint", "memory_capacity": 8}])
-def test_every_read_path_gives_the_same_prefix_chunk_after_chunk_as_all_at_once(options):
-    parallel = tiny("video-memorizing", **options)
-    sequential = tiny("video-memorizing", memory_backend="faiss-flat", **options)
-    sequential.load_state_dict(parallel.state_dict())
-    inputs = batch([clip(n, seed) for seed, n in enumerate([23, 5, 1, 9, 16, 30])])
-    with torch.no_grad():
-        assert (parallel(*inputs) - sequential(*inputs)).abs().max() <= 1e-5
-        frames, times, lengths = batch([clip(21, 4)])
-        stream = parallel.stream(21)
-        for first in range(0, 21, 5):
-            stream.feed(frames[0, first : first + 5], times[0, first : first + 5])
-        assert (stream.prefix() - parallel(frames, times, lengths)).abs().max() <= 1e-5
-
-
 def test_retrieval_recall_counts_what_top_k_reads_against_the_base_rate():
     """Recall counted by hand from the recorded reads; the base rate from the clips' layout."""
     mapper = tiny("video-memorizing", top_k=3, layers=1, knn_layers=[0])
