@@ -282,10 +282,17 @@ def test_run_names_never_reach_a_shell(tmp_path):
     assert not any("${item" in command for command in commands)
 
 
-def test_a_run_name_that_leads_out_of_the_repository_deletes_nothing(tmp_path):
+@pytest.mark.parametrize("where", ["runs", "more_seeds"])
+def test_a_run_name_that_leads_out_of_the_repository_deletes_nothing(tmp_path, where):
     """DVC deletes a stage's outputs before it runs it: a run named ../../../../outside/evil would
-    make the evaluate stage's outputs a folder beside the repository."""
-    repo = hostile_repo(tmp_path, ["../../../../outside/evil"])
+    make the evaluate stage's outputs a folder beside the repository; so would a seed of
+    finetune.more_seeds (finetune-more@<run>-<seed>)."""
+    if where == "runs":
+        repo = hostile_repo(tmp_path, ["../../../../outside/evil"])
+    else:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["finetune"]["more_seeds"] = ["../../../../outside/evil-0"]
+        repo = project_repo(tmp_path, params)
     outside = tmp_path / "outside" / "evil-0"
     outside.mkdir(parents=True)
     (outside / "keep.txt").write_text("the user's\n")
