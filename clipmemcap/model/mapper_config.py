@@ -41,8 +41,9 @@ class MapperConfig:
     memory_capacity: int = 4_096
     memory_backend: str = "torch"
     xl_cache: bool = False  # memorizing: local attention in the kNN layer also sees the previous chunk
-    # memorizing: the memory's mechanism (clipmemcap.model.memory) and its read path
-    # (clipmemcap.model.memory.knn): which entries a query reads, whether gradients reach them, and
+    # memorizing: the memory's mechanism (clipmemcap.model.memory: knn, or the slot memories
+    # reservoir, merge and kmeans, whose slots memory_capacity counts) and its read path
+    # (clipmemcap.model.memory.read_path): which entries a query reads, whether gradients reach them, and
     # how memory and local attention are combined
     memory: str = "knn"
     retrieval: str = "top-k"  # top-k | random | dense | oracle
@@ -73,6 +74,9 @@ class MapperConfig:
                 raise ValueError(f"mapper {name} must be true or false, not {str(getattr(self, name))[:40]}")
         if self.memory not in MEMORIES:
             raise ValueError(f"unknown memory {str(self.memory)[:40]!r}; choose one of {', '.join(MEMORIES)}")
+        if self.memory != "knn" and (self.memory_backend != "torch" or self.xl_cache):
+            raise ValueError(f"the {self.memory} memory keeps its slots in torch and has no Transformer-XL cache: "
+                             "memory_backend torch, xl_cache false")
         if self.combine not in ("gate", "joint"):
             raise ValueError(f"unknown memory combine {str(self.combine)[:40]!r}; choose gate or joint")
         if (self.differentiable or self.retrieval == "oracle") and self.memory_backend != "torch":

@@ -3,7 +3,8 @@
 The memorizing mapper (:class:`clipmemcap.model.mappers.MemorizingMapper`) runs a clip as
 consecutive chunks of W frames; its memory layers (``knn_layers``) each have a memory of the
 clip's earlier chunks. A memory is a plug-in, chosen by the mapper config's ``memory`` (one
-module a mechanism, registered in :data:`MEMORIES`), and gives a memory layer
+module a mechanism, registered in :data:`MEMORIES`: ``knn`` in :mod:`.knn`, the slot memories
+``reservoir``, ``merge`` and ``kmeans`` in :mod:`.slots`), and gives a memory layer
 
 - ``attend(q, k, v, key_mask, scale, gate) -> [B, H, T, d]``: the layer's attention for this
   chunk's queries: its own tokens, combined with what it reads from the memory; it also writes
@@ -41,5 +42,11 @@ def _knn():
     return knn.ChunkMemory, knn.StepMemory
 
 
+def _slots():
+    from clipmemcap.model.memory import slots
+
+    return slots.WholeSlots, slots.StepSlots
+
+
 # name -> () -> (whole view, step view); imported on use, since a mechanism's module imports Read
-MEMORIES = {"knn": _knn}
+MEMORIES = {"knn": _knn, "reservoir": _slots, "merge": _slots, "kmeans": _slots}
