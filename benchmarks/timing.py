@@ -20,7 +20,7 @@ def best_times(measurements: dict[str, Callable[[], object]], repeats: int) -> d
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]], note: str) -> None:
     """``columns``: (key, header, format spec) per column."""
-    widths = [max(len(header), 8) for _, header, _ in columns]
+    widths = [max(len(header), 8, *(len(format(row[k], spec)) for row in rows)) for k, header, spec in columns]
     print("  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
