@@ -56,15 +56,15 @@ def write_haystack(folder: Path, counts: dict[str, np.ndarray], length_bins: lis
                     writer.writerow([run, label, place, f"{accuracy:.4f}", int(events[i, j])])
     columns = min(4, len(counts))
     rows = math.ceil(len(counts) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
-    for ax, (run, (hits, events)) in zip(axes.flat, counts.items()):
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False, layout="constrained")
+    for k, (ax, (run, (hits, events))) in enumerate(zip(axes.flat, counts.items())):
         accuracy = np.divide(hits, events, out=np.full_like(hits, np.nan), where=events > 0).T  # [places, lengths]
         image = ax.imshow(accuracy, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
         for (j, i), value in np.ndenumerate(accuracy):
             if not np.isnan(value):
                 ax.text(i, j, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
-        ax.set_yticks(range(PLACES), places, fontsize=7)
+        ax.set_yticks(range(PLACES), places if k % columns == 0 else [], fontsize=7)
         ax.set_title(run, fontsize=9)
     for ax in list(axes.flat)[len(counts):]:
         ax.axis("off")
