@@ -68,6 +68,24 @@ def test_windows_whole_video_and_json(setup, capsys):
     assert [s["timestamp"] for s in json.loads(capsys.readouterr().out)["results"]["v_captionme01"]] == [[0.5, 6.0], [1.0, 2.5]]
 
 
+@pytest.mark.parametrize("memory", ["reservoir", "merge", "kmeans"])
+def test_a_captioner_with_a_slot_memory_captions_a_whole_video(setup, memory, capsys):
+    """`clipmemcap caption` streams the video's frames through the checkpoint's memory (here 4
+    slots, far fewer than the video's 37 frames; streamed = whole clip: tests/test_slot_memories.py),
+    and the checkpoint's config says which memory it is."""
+    root, settings, run, video = setup
+    slots = root / "storage" / "models" / "finetune" / f"{memory}-0"
+    shutil.copytree(run, slots, dirs_exist_ok=True)
+    cfg = MapperConfig.load("video-memorizing", clip_dim=ClipEncoder(load_config(ROOT / "params.yaml", settings).clip).embed_dim,
+                            embed_dim=64, layers=2, heads=4, prefix_length=4, window=4, memory=memory, memory_capacity=4,
+                            retrieval="dense")
+    save_mapper(build_mapper(cfg), slots / "best" / "mapper")
+    caption(settings, str(video), "--json", "--checkpoint", str(slots))
+    [(_, [segment])] = json.loads(capsys.readouterr().out)["results"].items()
+    assert segment["sentence"].strip() and segment["timestamp"] == [0.0, pytest.approx(7.3, abs=0.05)]
+    assert json.loads((slots / "best" / "mapper" / "config.json").read_text())["memory"] == memory
+
+
 def test_a_url_is_fetched_with_yt_dlp(setup, http_server, capsys):
     root, settings, run, video = setup
     (http_server.root / "videos").mkdir()
