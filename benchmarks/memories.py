@@ -35,6 +35,7 @@ MEMORIES = {
     "reservoir": dict(DENSE_64, memory="reservoir"),
     "merge": dict(DENSE_64, memory="merge"),
     "kmeans": dict(DENSE_64, memory="kmeans"),
+    "recurrent tokens": dict(DENSE_64, memory="recurrent", differentiable=True),
     "uniform-64": dict(kind="temporal", frame_policy="uniform", window=64),
 }
 

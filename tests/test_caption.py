@@ -68,7 +68,7 @@ def test_windows_whole_video_and_json(setup, capsys):
     assert [s["timestamp"] for s in json.loads(capsys.readouterr().out)["results"]["v_captionme01"]] == [[0.5, 6.0], [1.0, 2.5]]
 
 
-@pytest.mark.parametrize("memory", ["reservoir", "merge", "kmeans"])
+@pytest.mark.parametrize("memory", ["reservoir", "merge", "kmeans", "recurrent"])
 def test_a_captioner_with_a_slot_memory_captions_a_whole_video(setup, memory, capsys):
     """`clipmemcap caption` streams the video's frames through the checkpoint's memory (here 4
     slots, far fewer than the video's 37 frames; streamed = whole clip: tests/test_slot_memories.py),
@@ -78,7 +78,7 @@ def test_a_captioner_with_a_slot_memory_captions_a_whole_video(setup, memory, ca
     shutil.copytree(run, slots, dirs_exist_ok=True)
     cfg = MapperConfig.load("video-memorizing", clip_dim=ClipEncoder(load_config(ROOT / "params.yaml", settings).clip).embed_dim,
                             embed_dim=64, layers=2, heads=4, prefix_length=4, window=4, memory=memory, memory_capacity=4,
-                            retrieval="dense")
+                            retrieval="dense", differentiable=memory == "recurrent")
     save_mapper(build_mapper(cfg), slots / "best" / "mapper")
     caption(settings, str(video), "--json", "--checkpoint", str(slots))
     [(_, [segment])] = json.loads(capsys.readouterr().out)["results"].items()

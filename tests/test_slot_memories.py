@@ -1,4 +1,4 @@
-"""The slot memories (reservoir, merge, kmeans) as the memorizing mapper's plug-ins: streamed =
+"""The slot memories (reservoir, merge, kmeans, recurrent tokens) as the memorizing mapper's plug-ins: streamed =
 whole clip, no leak across a batch's clips, bounded by their slots however long the clip,
 gradients only where declared, and each one's way of making room."""
 
@@ -9,20 +9,24 @@ import torch.nn.functional as F
 
 from clipmemcap.model.mappers import MapperConfig
 from clipmemcap.model.memory.diagnostics import ReadTotals, recording
+from clipmemcap.model.memory.recurrent import RecurrentWrite
 from clipmemcap.model.memory.slots import MECHANISMS, Slots, remember
 from test_mappers import batch, clip, tiny
 from test_memory import events_of
 
 READS = [{}, {"retrieval": "dense", "combine": "joint"}, {"knn_layers": (0, 1), "top_k": 1}]
 CLIPS = [23, 5, 1, 9, 16, 30]
+ALL = (*MECHANISMS, "recurrent")  # recurrent tokens: the slot memories' views, a learned write
 
 
 def slot_mapper(mechanism, **options):
+    if mechanism == "recurrent":  # trained through time, by definition
+        options = {**options, "differentiable": True}
     return tiny("video-memorizing", memory=mechanism, memory_capacity=5, **options)
 
 
 @pytest.mark.parametrize("options", READS)
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", ALL)
 def test_a_streamed_clip_and_a_clip_alone_give_the_prefix_of_the_whole_batch(mechanism, options):
     mapper = slot_mapper(mechanism, **options)
     clips = [clip(n, seed) for seed, n in enumerate(CLIPS)]
@@ -39,7 +43,7 @@ def test_a_streamed_clip_and_a_clip_alone_give_the_prefix_of_the_whole_batch(mec
             assert (stream.prefix()[0] - whole[row]).abs().max() <= 1e-5, row
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", ALL)
 def test_memory_is_read_and_bounded_by_its_slots_however_long_the_clip(mechanism):
     mapper = slot_mapper(mechanism)
     frames, times = clip(24, 7)  # 6 chunks of 4
@@ -68,6 +72,31 @@ def test_gradients_reach_earlier_chunks_only_through_a_differentiable_memory(mec
         assert (frames.grad[0, :11].abs().max() > 0) == differentiable, differentiable
         for name, parameter in mapper.named_parameters():
             assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def test_recurrent_tokens_are_trained_through_time_with_their_write():
+    mapper = slot_mapper("recurrent").train()
+    frames, times, lengths = batch([clip(15, 8), clip(7, 9)])
+    frames.requires_grad_(True)
+    mapper(frames, times, lengths).pow(2).sum().backward()
+    assert frames.grad[0, :11].abs().max() > 0  # the earlier chunks, through the tokens
+    writes = [m for m in mapper.modules() if isinstance(m, RecurrentWrite)]
+    assert len(writes) == 1 and all(p.grad.abs().max() > 0 for p in writes[0].parameters())
+    assert not any(isinstance(m, RecurrentWrite) for m in slot_mapper("merge").modules())  # no parameters elsewhere
+
+
+def test_the_recurrent_write_summarises_memory_and_frames_and_skips_a_row_without_frames():
+    write = RecurrentWrite(heads=1, head_dim=8, tokens=2)
+    frames = unit(torch.randn(1, 1, 4, 8)).expand(2, -1, -1, -1)  # [B, H, W, d]
+    with torch.no_grad():  # token 0 looks for frame 2, token 1 for frame 3
+        write.write.copy_(50 * frames[0, 0, 2:4].T[None])
+    mask = torch.tensor([[True] * 4, [False] * 4])
+    slots = write(Slots.empty(frames, 2), frames, 2 * frames, mask, torch.tensor([[0, 0, 1, 2]] * 2))
+    assert slots.keys.shape == (2, 1, 2, 8) and slots.counts.tolist() == [[1, 1], [0, 0]]
+    assert torch.allclose(slots.keys[0, 0], frames[0, 0, 2:4], atol=1e-3)  # each token took its frame
+    assert torch.allclose(slots.values[0, 0], 2 * frames[0, 0, 2:4], atol=1e-3)
+    assert slots.events[0].tolist() == [1, 2]
+    assert torch.equal(slots.keys[1], write.keys) and int(slots.seen[1]) == 0  # nothing written: its first tokens
 
 
 def write(mechanism, keys, capacity, chunk=4, events=None):
@@ -119,7 +148,7 @@ def test_kmeans_consolidates_into_clusters_whose_counts_sum_to_the_frames_seen()
         assert similarity.max() > 0.99, similarity
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", ALL)
 def test_the_read_diagnostics_and_the_oracle_read_work_on_slots(mechanism):
     mapper = slot_mapper(mechanism, retrieval="oracle", top_k=1)
     clips = [clip(23, 1), clip(30, 2), clip(3, 3)]
@@ -141,5 +170,7 @@ def test_a_slot_memory_refuses_what_it_cannot_do_by_name():
         MapperConfig.load("video-memorizing", memory="merge", memory_backend="faiss-flat")
     with pytest.raises(ValueError, match="kmeans memory .* no Transformer-XL cache"):
         MapperConfig.load("video-memorizing", memory="kmeans", xl_cache=True)
+    with pytest.raises(ValueError, match="recurrent memory tokens are trained through time"):
+        MapperConfig.load("video-memorizing", memory="recurrent")
     with pytest.raises(ValueError, match="unknown memory 'lru'"):
         MapperConfig.load("video-memorizing", memory="lru")

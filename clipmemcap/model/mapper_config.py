@@ -42,7 +42,7 @@ class MapperConfig:
     memory_backend: str = "torch"
     xl_cache: bool = False  # memorizing: local attention in the kNN layer also sees the previous chunk
     # memorizing: the memory's mechanism (clipmemcap.model.memory: knn, or the slot memories
-    # reservoir, merge and kmeans, whose slots memory_capacity counts) and its read path
+    # reservoir, merge and kmeans, and recurrent memory tokens, whose slots memory_capacity counts) and its read path
     # (clipmemcap.model.memory.read_path): which entries a query reads, whether gradients reach them, and
     # how memory and local attention are combined
     memory: str = "knn"
@@ -77,6 +77,9 @@ class MapperConfig:
         if self.memory != "knn" and (self.memory_backend != "torch" or self.xl_cache):
             raise ValueError(f"the {self.memory} memory keeps its slots in torch and has no Transformer-XL cache: "
                              "memory_backend torch, xl_cache false")
+        if self.memory == "recurrent" and not self.differentiable:
+            raise ValueError("recurrent memory tokens are trained through time: their read path must say "
+                             "differentiable: true")
         if self.combine not in ("gate", "joint"):
             raise ValueError(f"unknown memory combine {str(self.combine)[:40]!r}; choose gate or joint")
         if (self.differentiable or self.retrieval == "oracle") and self.memory_backend != "torch":

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clipmemcap.model.mapper_config import MapperConfig
+from clipmemcap.model.memory import learned_write
 
 
 
@@ -79,23 +80,25 @@ class MemoryBlock(Block):
     memory layers, ``knn_layers``), is the memory's: local attention combined with what it reads
     of the clip's earlier chunks (:mod:`clipmemcap.model.memory`). Without one (the temporal
     mappers, a clip's first chunk) it is a plain block with normalised attention. The per-head
-    ``gate`` is the layer's, for memories that mix by a gate."""
+    ``gate`` is the layer's, for memories that mix by a gate; ``memory_write`` too, for a memory
+    with a learned write (recurrent memory tokens), else None."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, memory_write: nn.Module | None = None):
         super().__init__(dim, heads, mlp_ratio, normalised=True)
         self.gate = nn.Parameter(torch.zeros(heads))  # sigmoid -> 1: memory, -> 0: local attention
+        self.memory_write = memory_write
 
     def attend(self, q, k, v, key_mask, memory) -> torch.Tensor:
         if memory is None:
             return self.attn.attend(q, k, v, key_mask)
-        return memory.attend(q, k, v, key_mask, self.attn.scale, self.gate)
+        return memory.attend(q, k, v, key_mask, self.attn.scale, self.gate, self.memory_write)
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: MapperConfig, knn_layers: tuple[int, ...] = ()):
         super().__init__()
         self.layers = nn.ModuleList(
-            MemoryBlock(cfg.embed_dim, cfg.heads, cfg.mlp_ratio) if i in knn_layers else Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio)
+            MemoryBlock(cfg.embed_dim, cfg.heads, cfg.mlp_ratio, learned_write(cfg)) if i in knn_layers else Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio)
             for i in range(cfg.layers))
 
     def forward(self, x, key_mask, memories: dict[int, object] | None = None):

@@ -4,11 +4,14 @@ The memorizing mapper (:class:`clipmemcap.model.mappers.MemorizingMapper`) runs 
 consecutive chunks of W frames; its memory layers (``knn_layers``) each have a memory of the
 clip's earlier chunks. A memory is a plug-in, chosen by the mapper config's ``memory`` (one
 module a mechanism, registered in :data:`MEMORIES`: ``knn`` in :mod:`.knn`, the slot memories
-``reservoir``, ``merge`` and ``kmeans`` in :mod:`.slots`), and gives a memory layer
+``reservoir``, ``merge`` and ``kmeans`` in :mod:`.slots`, ``recurrent`` memory tokens in
+:mod:`.recurrent`), and gives a memory layer
 
-- ``attend(q, k, v, key_mask, scale, gate) -> [B, H, T, d]``: the layer's attention for this
+- ``attend(q, k, v, key_mask, scale, gate, learned) -> [B, H, T, d]``: the layer's attention for this
   chunk's queries: its own tokens, combined with what it reads from the memory; it also writes
   the chunk's frame keys and values (and their times, through the keys' time encoding);
+  ``learned`` is the layer's own part of the memory (:func:`learned_write`), if the mechanism
+  has one;
 - ``records``: when a list (:func:`clipmemcap.model.memory.diagnostics.recording`), what the
   final chunk's prefix queries read is appended to it as a :class:`Read`, for the diagnostics.
 
@@ -21,8 +24,12 @@ nothing (the memory-shut decoding).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from clipmemcap.model.mapper_config import MapperConfig
 
 
 @dataclass
@@ -49,4 +56,13 @@ def _slots():
 
 
 # name -> () -> (whole view, step view); imported on use, since a mechanism's module imports Read
-MEMORIES = {"knn": _knn, "reservoir": _slots, "merge": _slots, "kmeans": _slots}
+MEMORIES = {"knn": _knn, "reservoir": _slots, "merge": _slots, "kmeans": _slots, "recurrent": _slots}
+
+
+def learned_write(cfg: MapperConfig) -> torch.nn.Module | None:
+    """A memory layer's learned part of its memory: recurrent memory tokens' write; else None."""
+    if cfg.kind != "memorizing" or cfg.memory != "recurrent":
+        return None
+    from clipmemcap.model.memory.recurrent import RecurrentWrite
+
+    return RecurrentWrite(cfg.heads, cfg.embed_dim // cfg.heads, cfg.memory_capacity)

@@ -61,7 +61,7 @@ class StepMemory(ReadPath):
         pk, pv, pmask = self.previous
         return torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pmask, key_mask], 1)
 
-    def entries(self, q, k, v):
+    def entries(self, q, k, v, learned):
         """Read the earlier chunks (None before anything is stored), then store this chunk's frame
         keys and values (detached: this view runs at inference); q, k, v [B, H, W + L, d], frame
         tokens first."""
@@ -138,7 +138,7 @@ class ChunkMemory(ReadPath):
             return None
         return readable & (self.events > 0)[:, None, None, :]
 
-    def entries(self, q, k, v):
+    def entries(self, q, k, v, learned):
         """q, k, v [B * S, H, T = W + L, d] (the final chunk's [B, H, T, d] in the top layer's
         view) -> keys, values [B, H, S * W, d], selected [B, H, Q, S * W], whether each query's row
         holds any memory, and the maps from the queries' layout to the memory's (Q = S * T

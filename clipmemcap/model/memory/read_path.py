@@ -34,18 +34,20 @@ class ReadPath:
     """What every memory's views share: local attention combined with the read entries. A view
     gives ``local_context`` (what local attention sees), ``entries`` (what the queries may read,
     in the memory's layout, with the maps between the queries' layout and it) and, for the
-    diagnostics, ``stored_events`` and ``stored_readable`` of the final chunk's read."""
+    diagnostics, ``stored_events`` and ``stored_readable`` of the final chunk's read. ``learned``:
+    the memory layer's own write (recurrent memory tokens), else None."""
 
     cfg: MapperConfig
     records: list[Read] | None = None  # set by clipmemcap.model.memory.diagnostics.recording
     shut = False  # True: write, but read nothing (clipmemcap.model.mappers.memory_shut)
 
-    def attend(self, q, k, v, key_mask, scale: Callable[[], torch.Tensor | float], gate: torch.Tensor) -> torch.Tensor:
+    def attend(self, q, k, v, key_mask, scale: Callable[[], torch.Tensor | float], gate: torch.Tensor,
+               learned: torch.nn.Module | None = None) -> torch.Tensor:
         """q, k, v [B', H, T, d], key_mask [B', T] -> [B', H, T, d]; ``scale``: the layer's
         temperature, taken anew at each use (as the paper's layer: the same bits in the gradient);
-        ``gate`` [H]: the layer's."""
+        ``gate`` [H] and ``learned`` (its memory write, if any): the layer's."""
         local_k, local_v, local_mask = self.local_context(k, v, key_mask)
-        found = self.entries(q, k, v)  # a step view writes here, so it runs even when shut
+        found = self.entries(q, k, v, learned)  # a step view writes here, so it runs even when shut
         found = None if self.shut else found
         if self.cfg.combine == "joint":
             return self._joint(q, local_k, local_v, local_mask, scale(), found)

@@ -19,7 +19,9 @@ A merged key is re-normalised, as every key of the layer is; values are count-we
 
 Both views run one function, :func:`remember`, chunk after chunk: :class:`WholeSlots` on every
 chunk's keys and values at once (training, evaluation; gradients reach the slots when the config
-says ``differentiable``) and :class:`StepSlots` one chunk after another (streams).
+says ``differentiable``) and :class:`StepSlots` one chunk after another (streams). Recurrent
+memory tokens (:mod:`.recurrent`) use the same views with a learned write instead of
+:func:`remember` (:func:`write_chunk`).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def remember(slots: Slots, keys, values, mask, events, capacity: int, mechanism:
     if mechanism == "kmeans":
         return _kmeans(grown, capacity)
     raise ValueError(f"unknown slot memory {mechanism!r}; choose one of {', '.join(MECHANISMS)}")
+
+
+def write_chunk(slots: Slots, keys, values, mask, events, cfg: MapperConfig, learned) -> Slots:
+    """A chunk written by the memory's mechanism: ``learned`` (the memory layer's write, for
+    recurrent memory tokens: :mod:`.recurrent`), else :func:`remember`."""
+    if learned is not None:
+        return learned(slots, keys, values, mask, events)
+    return remember(slots, keys, values, mask, events, cfg.memory_capacity, cfg.memory)
 
 
 def _hash(x: torch.Tensor) -> torch.Tensor:
@@ -190,13 +200,13 @@ class StepSlots(ReadPath):
     def local_context(self, k, v, key_mask):
         return k, v, key_mask
 
-    def entries(self, q, k, v):
+    def entries(self, q, k, v, learned):
         W = self.cfg.window
         found = None if self.slots is None or not self.slots.held.any() else _entries(q, self.slots, self.cfg)
         k, v = k[:, :, :W].detach(), v[:, :, :W].detach()
         slots = self.slots or Slots.empty(k, self.batch)
-        self.slots = remember(slots, k, v, self.frame_mask, torch.zeros_like(self.frame_mask, dtype=torch.long),
-                              self.cfg.memory_capacity, self.cfg.memory)
+        self.slots = write_chunk(slots, k, v, self.frame_mask, torch.zeros_like(self.frame_mask, dtype=torch.long),
+                                 self.cfg, learned)
         return found
 
 
@@ -206,9 +216,10 @@ class WholeSlots(ReadPath):
 
     def __init__(self, frame_mask: torch.Tensor, events: torch.Tensor, cfg: MapperConfig):
         self.frame_mask, self.events, self.cfg = frame_mask, events, cfg
-        self.final: Slots | None = None  # the slots the final chunk reads, in the top layer's view
+        self.final: tuple[torch.Tensor, torch.Tensor] | None = None  # the top layer's k, v (final_chunk)
+        self.final_slots: Slots | None = None  # the slots the final chunk read, in the top layer's view
 
-    def _before_each_chunk(self, k, v, chunks: int) -> list[Slots]:
+    def _before_each_chunk(self, k, v, chunks: int, learned) -> list[Slots]:
         """k, v [B * S, H, W + L, d] -> the slots before each of the first ``chunks`` chunks."""
         B, S, W = self.frame_mask.shape
         frames = [x.view(B, S, *x.shape[1:])[:, :, :, :W] for x in (k, v)]  # [B, S, H, W, d]
@@ -217,25 +228,26 @@ class WholeSlots(ReadPath):
         slots, before = Slots.empty(frames[0][:, 0], B), []
         for c in range(chunks):
             before.append(slots)
-            slots = remember(slots, frames[0][:, c], frames[1][:, c], self.frame_mask[:, c], self.events[:, c],
-                             self.cfg.memory_capacity, self.cfg.memory)
+            slots = write_chunk(slots, frames[0][:, c], frames[1][:, c], self.frame_mask[:, c], self.events[:, c],
+                                self.cfg, learned)
         return before
 
     def final_chunk(self, k: torch.Tensor, v: torch.Tensor) -> WholeSlots:
-        """The view of the top memory layer, which runs on the final chunk alone."""
+        """The view of the top memory layer, which runs on the final chunk alone; it writes every
+        chunk's k, v [B * S, H, W + L, d] before reading."""
         view = copy.copy(self)
-        S = self.frame_mask.shape[1]
-        view.final = self._before_each_chunk(k, v, S)[-1]
+        view.final = k, v
         return view
 
     def local_context(self, k, v, key_mask):
         return k, v, key_mask
 
-    def entries(self, q, k, v):
+    def entries(self, q, k, v, learned):
         """q, k, v [B * S, H, W + L, d] (the final chunk's [B, H, W + L, d] in the top layer's view)."""
         if self.final is not None:
-            return _entries(q, self.final, self.cfg)
-        before = self._before_each_chunk(k, v, self.frame_mask.shape[1])
+            self.final_slots = self._before_each_chunk(*self.final, self.frame_mask.shape[1], learned)[-1]
+            return _entries(q, self.final_slots, self.cfg)
+        before = self._before_each_chunk(k, v, self.frame_mask.shape[1], learned)
         width = max(s.counts.shape[1] for s in before)
         padded = [s.padded(width) for s in before]
         stacked = Slots(*(torch.stack([getattr(s, f) for s in padded], 1).flatten(0, 1)
@@ -244,11 +256,11 @@ class WholeSlots(ReadPath):
 
     @property
     def stored_events(self) -> torch.Tensor:
-        return self.final.events
+        return self.final_slots.events
 
     @property
     def stored_readable(self) -> torch.Tensor:
-        return self.final.held
+        return self.final_slots.held
 
     _records = None
 
