@@ -117,8 +117,10 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
     net, paths = cfg.activitynet, Layout.of(cfg).activitynet
     paths.cache.mkdir(parents=True, exist_ok=True)
     with storage_lock(paths.lock, cfg.storage.lock_timeout_s, cfg.storage.lock_lease_s):
+        further = tuple(cfg.benchmark.test_sets())  # the benchmark's further test sets (clips of other lengths)
         files = load_annotations(fetch_annotations(net.annotations_url, paths.annotations, net.download), net.fps,
-                                 net.max_annotation_mb, net.max_segments_per_video, net.download.max_duration_s)
+                                 net.max_annotation_mb, net.max_segments_per_video, net.download.max_duration_s,
+                                 tuple(f"{split}.json" for split in further))
         failures = [f for afile in files.values() for f in afile.failures]
         for afile in files.values():
             logger.info("%s: %d videos, %d of %d segments valid, %d rejections", afile.name,
@@ -128,7 +130,8 @@ def activitynet_ingest(params: str = "params.yaml", overrides: list[str] | None 
         encoder = ClipEncoder(cfg.clip)
         settings = encoder_settings(encoder, cfg.clip.embedding_dtype, fps=net.fps)
         prepare_shard_dir(paths.frames, settings, (paths.out, paths.cache))
-        streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset)
+        streams = plan_streams(files["train.json"].videos, files["val_1.json"].videos, net.subset,
+                               {split: files[f"{split}.json"].videos for split in further})
         if cfg.dask.address:
             logger.info("per-video work runs on the Dask cluster at %s", cfg.dask.address)
 

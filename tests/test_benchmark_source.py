@@ -142,3 +142,34 @@ def test_slot_accuracy_is_the_mean_over_clips():
 def test_settings_whose_clips_cannot_hold_the_events_are_refused():
     with pytest.raises(ValueError, match=r"benchmark.short_s \[2.4, 3.0\]: clips must be at least 3.2 s"):
         BenchmarkConfig(event_s=1.5)
+
+
+def test_further_test_sets_of_other_lengths_are_fixed_streams_of_their_own(tmp_path):
+    further = CFG.model_copy(update={"test_lengths": {"long": (20.0, 24.0)}, "length_test_videos": 2})
+    write_sources(further, SUBSET, BenchmarkPaths(tmp_path))
+    archive = zipfile.ZipFile(tmp_path / "captions.zip")
+    val_1, extra = (json.loads(archive.read(name)) for name in ("val_1.json", "test-long.json"))
+    assert val_1 == json.loads(archive.read("val_1.json")) and len(extra) == 2
+    lengths = [end - start for video in extra.values() for start, end in video["timestamps"]]
+    assert len(lengths) == 2 * CFG.clips_per_video and all(20.0 <= n <= 24.0 for n in lengths)  # long clips only
+    assert all((tmp_path / "videos" / f"{v}.mp4").exists() for v in extra)
+    # the other files do not change with the further sets; a further set changes with its range
+    assert {name: list(v) for name, v in plan(CFG, SUBSET).items()} == \
+        {name: list(v) for name, v in plan(further, SUBSET).items() if name != "test-long.json"}
+    moved = further.model_copy(update={"test_lengths": {"long": (20.0, 25.0)}})
+    assert not set(plan(moved, SUBSET)["test-long.json"]) & set(extra)
+    # and the ActivityNet loader reads it beside the three official files
+    files = load_annotations(tmp_path / "captions.zip", 5, further=("test-long.json",))
+    assert len(files["test-long.json"].videos) == 2 and not files["test-long.json"].failures
+
+
+@pytest.mark.parametrize("lengths,message", [
+    ({"../x": (20.0, 30.0)}, "not a test set name"),
+    ({"Long": (20.0, 30.0)}, "not a test set name"),
+    ({"long": (30.0, 20.0)}, "test_lengths.long"),
+    ({"long": (1.0, 20.0)}, "at least 2.2 s"),
+    ({"long": (20.0, 1e9)}, "at most 3600 s"),
+])
+def test_bad_further_test_sets_are_refused_by_name(lengths, message):
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(test_lengths=lengths)

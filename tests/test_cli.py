@@ -70,7 +70,7 @@ def test_a_preset_name_is_a_name_or_a_yaml_file_and_a_bad_one_changes_nothing(tm
     (tmp_path / "zero.yaml").symlink_to("/dev/zero")
     (tmp_path / "evil.yaml").write_text('finetune: {runs: {"a;touch PWNED": {mapper: video-temporal}}}\n')
     for preset, words in (("../../etc/passwd", "no preset '../../etc/passwd'"), ("/etc/passwd", "no preset"),
-                          ("notthere", "give a name in presets/ (activitynet, memory, study)"),
+                          ("notthere", "give a name in presets/ (activitynet, lengths, memory, study)"),
                           ("list.yaml", "preset list.yaml is not a mapping of settings (it holds a list)"),
                           ("broken.yaml", "preset broken.yaml is not valid YAML"),
                           ("zero.yaml", "no preset 'zero.yaml'"),  # a device, not a file: never read

@@ -54,6 +54,9 @@ REDUCED = [
     # the study's bound: 16 frames that show both events of each clip (the benchmark's event times)
     "finetune.runs.oracle={mapper: video-temporal, frames: oracle}",
     "finetune.more_seeds=[uniform-1]",  # an unstable run's further seed: stages of its own, pooled in the report
+    # a further test set of longer clips (one video of 4), through the flows, every evaluation and the report
+    "benchmark.test_lengths={long: [30.0, 40.0]}", "benchmark.length_test_videos=1", "report.length_reference=uniform",
+    "report.length_hypotheses={L1: {claim: a memory beats uniform when long, a: [memorizing], b: uniform, lengths: [long]}}",
 ]
 
 
@@ -83,9 +86,9 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
 
     dvc("repro", cwd=repo)
     source = json.loads((repo / "storage" / "benchmark" / "source.json").read_text())
-    assert source["videos"] == 4 + 1 + 2 and source["clips"] == 4 * 7 and source["images"] == 60
+    assert source["videos"] == 4 + 1 + 2 + 1 and source["clips"] == 4 * 8 and source["images"] == 60
     segments = repo / "storage" / "activitynet" / "segments"
-    assert [len(pq.read_table(segments / f"{split}.parquet")) for split in ("train", "val", "test")] == [16, 4, 8]
+    assert [len(pq.read_table(segments / f"{split}.parquet")) for split in ("train", "val", "test", "test-long")] == [16, 4, 8, 4]
     assert len(pq.read_table(repo / "storage" / "coco" / "captions.parquet")) == 60
     runs = list(cfg.finetune.runs)
     assert runs == ["memorizing", "uniform", "last", "mean", "oracle"]
@@ -97,6 +100,11 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         assert len(predictions) == json.loads((repo / "metrics" / "runs" / f"{name}-0.json").read_text())["clips"] == 8
         # the oracle sees at most its window of frames; the others every frame of a clip
         assert (max(r["frames"] for r in predictions) <= 16) == (name == "oracle")
+        longer = json.loads((repo / "storage" / "evaluation" / f"{name}-0" / "predictions_test-long.json").read_text())
+        assert len(longer) == 4 and all(30 <= r["end"] - r["start"] <= 40 for r in longer)
+    lengths = json.loads((repo / "metrics" / "lengths.json").read_text())
+    assert sorted(lengths) == sorted(runs) and all(list(v) == ["8-20s", "long"] for v in lengths.values())
+    assert lengths["oracle"]["long"]["ceiling"] == 1.0 and "margin_vs_uniform_ci95" in lengths["memorizing"]["long"]
     more = json.loads((repo / "metrics" / "runs" / "uniform-1.json").read_text())
     assert more["clips"] == 8 and (repo / "storage" / "models" / "finetune" / "uniform-1" / "best" / "mapper").is_dir()
     shut = json.loads((repo / "storage" / "evaluation" / "memorizing-0" / "predictions_gate_shut.json").read_text())
@@ -118,10 +126,11 @@ def test_the_benchmark_dag_end_to_end_then_a_metrics_diff(tmp_path, prefect_serv
         assert 50256 in vocabulary and len(vocabulary) < 40  # the end-of-text token and the captions' few
     verdicts = json.loads((repo / "metrics" / "hypotheses.json").read_text())
     assert verdicts["H1"]["verdict"] in {"supported", "refuted", "inconclusive"} and verdicts["H4"]["verdict"] == "not run"
+    assert verdicts["L1"]["verdict"] in {"supported", "refuted", "inconclusive"} and "long" in verdicts["L1"]["lengths"]
     table = (repo / "reports" / "results" / "results.md").read_text()
     assert all(f"| {name} |" in table for name in summary)
     plots = dvc("plots", "show", "--json", cwd=repo)  # drawn by the pipeline and by DVC from dvclive's logs
-    for name in ("reports/results/plot.png", "reports/results/haystack.png", "reports/pretrain/plots/metrics/train/loss.tsv",
+    for name in ("reports/results/plot.png", "reports/results/haystack.png", "reports/results/lengths.png", "reports/pretrain/plots/metrics/train/loss.tsv",
                  "reports/finetune/memorizing-0/plots/metrics/train/loss.tsv"):
         assert name in plots
 

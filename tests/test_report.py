@@ -216,3 +216,63 @@ def test_errors_are_split_runs_are_set_against_the_references_and_pre_registered
 def test_a_pre_registered_hypothesis_may_not_take_an_earlier_ones_name():
     with pytest.raises(ValueError, match="must differ from H1-H4"):
         load_config(ROOT / "params.yaml", ["report.hypotheses={H2: {claim: x, a: a, b: b}}"])
+
+
+def test_every_run_is_reported_at_every_length_with_ceilings_margins_and_length_hypotheses(cfg):
+    """A further test set (benchmark.test_lengths): its predictions beside the test set's, scored
+    per run and length against report.length_reference, and the pre-registered length claims."""
+    hypotheses = ("{L1: {claim: a memory beats last when long, a: [memorizing, wide], b: last, lengths: [long]}, "
+                  "L2: {claim: the memory keeps its accuracy, a: [memorizing], lengths: [long], line: -0.1}, "
+                  "L3: {claim: absent, a: [memorizing], lengths: [nope]}}")
+    runs = "{memorizing: {mapper: video-memorizing}, last: {mapper: video-temporal}, wide: {mapper: video-temporal}}"
+    cfg = load_config(ROOT / "params.yaml", [f"storage.root={cfg.storage.root}", "finetune.seeds=[0, 1]",
+                                             "benchmark.long_s=[30.0, 120.0]", "report.length_bin_s=30",
+                                             f"finetune.runs={runs}", "report.length_reference=last",
+                                             "benchmark.test_lengths={long: [200.0, 300.0]}", "benchmark.length_test_videos=2",
+                                             f"report.length_hypotheses={hypotheses}"])
+    videos = plan(cfg.benchmark, cfg.activitynet.subset)["test-long.json"]
+    further = [(video_id, i, float(video.starts[i]), float(video.starts[i + 1]))
+               for video_id, video in videos.items() for i in range(len(video.clips))]
+    right = {"memorizing": 8, "last": 2, "wide": 6}  # of the further set's 8 clips
+    for seed in (0, 1):
+        for run in right:
+            evaluation(cfg, run, seed, 4, 2, 0.1)  # every long clip of the test set right
+            write_json(Layout.of(cfg).predictions(run, seed, split="test-long"), [
+                {"video_id": v, "segment": s, "start": a, "end": b, "frames": int((b - a) * 5), "reference": REFERENCE,
+                 "prediction": REFERENCE if i < right[run] else "a blue square."} for i, (v, s, a, b) in enumerate(further)])
+    report(cfg)
+    lengths = json.loads(Layout.lengths.read_text())
+    assert list(lengths["memorizing"]) == ["30-120s", "long"]
+    long = {run: lengths[run]["long"] for run in right}
+    assert long["memorizing"]["slot_accuracy_long"] == 1.0 and long["last"]["slot_accuracy_long"] == 0.25
+    assert long["wide"]["set_accuracy_long"] == pytest.approx(7 / 8) and long["last"]["clips"] == 8  # half of 2 clips
+    assert long["memorizing"]["seconds"] == [200.0, 300.0] and long["memorizing"]["ceiling"] == 1.0
+    assert 0 < long["last"]["ceiling"] < 1  # 16 frames of 1,000-1,500: mostly a guess
+    low, high = long["memorizing"]["margin_vs_last_ci95"]
+    assert 0 < low <= 0.75 <= high and "margin_vs_last_ci95" not in long["last"]
+    assert lengths["wide"]["30-120s"]["margin_vs_last_ci95"] == [0.0, 0.0]
+    verdicts = json.loads(Layout.hypotheses.read_text())
+    assert verdicts["L1"]["run"] == "memorizing"  # a tie on 30-120 s, chosen there: the first named
+    assert verdicts["L1"]["verdict"] == "supported" and verdicts["L1"]["lengths"]["long"]["estimate"] == pytest.approx(0.75)
+    assert verdicts["L2"]["verdict"] == "supported" and verdicts["L2"]["lengths"]["long"]["ci95"] == [0.0, 0.0]
+    assert verdicts["L3"] == {"claim": "absent", "verdict": "not run", "missing": ["nope"]}
+    with open(Layout.results / "lengths.csv") as f:
+        rows = {(r["run"], r["length"]): r for r in csv.DictReader(f)}
+    assert float(rows["last", "long"]["slot_accuracy_long"]) == 0.25 and len(rows) == 6
+    with open(Layout.results / "haystack.csv") as f:  # the further set: a column of its own
+        cells = [row for row in csv.DictReader(f) if row["length_bin"] == "long" and row["events"] != "0"]
+    assert sum(int(row["events"]) for row in cells if row["run"] == "memorizing") == 2 * 8 * 2
+    table = (Layout.results / "results.md").read_text()
+    assert "| L1 |" in table and "| last | " in table
+    assert (Layout.results / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_length_hypotheses_may_not_share_a_name_with_other_hypotheses():
+    with pytest.raises(ValueError, match="must differ"):
+        load_config(ROOT / "params.yaml", ["report.hypotheses={H5: {claim: x, a: a, b: b}}",
+                                           "report.length_hypotheses={H5: {claim: x, a: [a], lengths: [b]}}"])
+
+
+def test_further_test_sets_need_the_benchmark():
+    with pytest.raises(ValueError, match="benchmark.build"):
+        load_config(ROOT / "params.yaml", ["benchmark.build=[]", "benchmark.test_lengths={long: [60.0, 90.0]}"])

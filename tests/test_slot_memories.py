@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipmemcap.model.mappers import MapperConfig
+from clipmemcap.model.mappers import MapperConfig, step_by_step
 from clipmemcap.model.memory.diagnostics import ReadTotals, recording
 from clipmemcap.model.memory.recurrent import RecurrentWrite
 from clipmemcap.model.memory.slots import MECHANISMS, Slots, remember
@@ -174,3 +174,16 @@ def test_a_slot_memory_refuses_what_it_cannot_do_by_name():
         MapperConfig.load("video-memorizing", memory="recurrent")
     with pytest.raises(ValueError, match="unknown memory 'lru'"):
         MapperConfig.load("video-memorizing", memory="lru")
+
+
+@pytest.mark.parametrize("mechanism", ["knn", *ALL])
+def test_step_by_step_gives_the_whole_clips_prefix(mechanism):
+    """The evaluation of long test clips runs chunk after chunk (linear in length): the same prefix."""
+    mapper = slot_mapper(mechanism, retrieval="dense", combine="joint")
+    frames, times, lengths = batch([clip(n, seed) for seed, n in enumerate(CLIPS)])
+    with torch.no_grad():
+        whole = mapper(frames, times, lengths)
+        with step_by_step(mapper):
+            assert mapper.stepwise
+            stepped = mapper(frames, times, lengths)
+    assert not mapper.stepwise and (stepped - whole).abs().max() <= 1e-5

@@ -273,6 +273,21 @@ class PairedHypothesis(Strict):
     line: float = Field(0.0, ge=-1.0, le=1.0)
 
 
+class LengthHypothesis(Strict):
+    """A pre-registered claim about accuracy at other clip lengths (the benchmark's further test
+    sets; README "Which memory, from what length"): run ``a`` (or, given several, the one of them
+    with the highest long-clip slot accuracy on the 20-60 s test set: chosen before any other
+    length is looked at) minus run ``b`` at each of ``lengths`` (paired 95 % interval), or, without
+    ``b``, ``a`` at each of ``lengths`` minus ``a`` on the 20-60 s clips (other clips: an unpaired
+    interval). Supported when the interval is wholly above ``line`` at every length, refuted
+    when it is wholly at or below it at some length, else inconclusive."""
+    claim: str = Field(max_length=300)
+    a: tuple[str, ...] = Field(min_length=1, max_length=64)
+    b: str = ""
+    lengths: tuple[str, ...] = Field(min_length=1, max_length=16)
+    line: float = Field(0.0, ge=-1.0, le=1.0)
+
+
 class ReportConfig(Strict):
     slot_accuracy: bool = Field(True, description="score the benchmark's slots; false for ActivityNet's captions")
     length_bin_s: float = Field(10.0, gt=0.0, description="clip-length bins of the slot accuracy plot")
@@ -291,14 +306,24 @@ class ReportConfig(Strict):
                                                        "and control clips (slot_accuracy_*_margin_ci95_vs_<run>)")
     hypotheses: dict[str, PairedHypothesis] = Field({}, description="pre-registered (reports/protocol.md) beside "
                                                     "H1-H4: name -> a claim that a minus b is above a line")
+    # presets/lengths.yaml: every run at every length against one reference, and the hypotheses
+    length_reference: str = Field("uniform-64", description="the run every run is compared with at every length "
+                                                            "(metrics/lengths.json: margin_vs_<run>_ci95)")
+    length_hypotheses: dict[str, LengthHypothesis] = Field({}, description="pre-registered (reports/protocol.md): "
+                                                           "name -> a claim about other clip lengths")
 
     @model_validator(mode="after")
     def _hypotheses_are_new(self) -> ReportConfig:
-        taken = {"H1", "H2", "H3", "H4"} & (set(self.hypotheses) | set(self.comparisons))
-        if taken or set(self.hypotheses) & set(self.comparisons):
+        names = [*self.hypotheses, *self.comparisons, *self.length_hypotheses]
+        clashes = {"H1", "H2", "H3", "H4"} & set(names) | {n for n in names if names.count(n) > 1}
+        if clashes:
             raise ValueError(f"report: hypothesis and comparison names must differ from H1-H4 and from each other "
-                             f"({', '.join(sorted(taken or set(self.hypotheses) & set(self.comparisons)))})")
+                             f"({', '.join(sorted(clashes))})")
         return self
+
+
+TEST_SET_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,23}")
+MAX_TEST_CLIP_S = 3_600.0  # an hour of frames per clip: beyond it one clip's frames would not fit in memory
 
 
 class BenchmarkConfig(Strict):
@@ -325,16 +350,35 @@ class BenchmarkConfig(Strict):
     distractors: int = Field(3, ge=0)
     distractor_size: float = Field(0.14, gt=0.0, le=1.0)
     pretrain_images: int = Field(2000, ge=10, description="one-event still frames for pre-training")
+    # Further fixed test sets of long clips only, each its own random stream: name -> clip length
+    # range, seconds. Each is an annotation file test-<name>.json beside val_1.json, ingested as
+    # the split test-<name> and evaluated by every run (README "Which memory, from what length").
+    test_lengths: dict[str, tuple[float, float]] = Field(
+        {}, max_length=16, description="further test sets: name -> [low, high] seconds of their clips")
+    length_test_videos: int = Field(50, ge=1, le=100_000, description="videos of each further test set "
+                                                                      "(x clips_per_video clips)")
 
     @model_validator(mode="after")
     def _clips_hold_their_events(self) -> BenchmarkConfig:
         needed = self.events * self.event_s + (self.events - 1) * self.min_gap_s
-        for name in ("short_s", "long_s"):
-            low, high = getattr(self, name)
+        ranges = {"short_s": self.short_s, "long_s": self.long_s,
+                  **{f"test_lengths.{name}": span for name, span in self.test_lengths.items()}}
+        for name, (low, high) in ranges.items():
             if not needed <= low <= high:
                 raise ValueError(f"benchmark.{name} {[low, high]}: clips must be at least {needed:g} s "
                                  f"(events x event_s + gaps) and the range ordered")
+            if high > MAX_TEST_CLIP_S:
+                raise ValueError(f"benchmark.{name} {[low, high]}: clips of at most {MAX_TEST_CLIP_S:g} s")
+        for name in self.test_lengths:
+            if not TEST_SET_NAME.fullmatch(name):
+                raise ValueError(f"benchmark.test_lengths: {name[:40]!r} is not a test set name "
+                                 f"({TEST_SET_NAME.pattern}: it becomes a file name)")
         return self
+
+    def test_sets(self) -> dict[str, tuple[float, float]]:
+        """The further test sets' splits (``test-<name>``, also their annotation files' names
+        without ``.json``) and clip length ranges."""
+        return {f"test-{name}": span for name, span in self.test_lengths.items()}
 
 
 class Config(Strict):
@@ -350,6 +394,13 @@ class Config(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _test_sets_come_from_the_benchmark(self) -> Config:
+        if self.benchmark.test_lengths and not self.benchmark.build:
+            raise ValueError("benchmark.test_lengths: the further test sets are the benchmark's, and "
+                             "benchmark.build [] leaves the benchmark out")
+        return self
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

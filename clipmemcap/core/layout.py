@@ -244,8 +244,11 @@ class Layout:
     def captioner(self, run: str, seed: int) -> Path:
         return self.root / "captioners" / run_name(run, seed)
 
-    def predictions(self, run: str, seed: int, gate_shut: bool = False) -> Path:
-        """One row per test clip; ``gate_shut``: a memorizing run's, decoded with its memory shut."""
+    def predictions(self, run: str, seed: int, gate_shut: bool = False, split: str = "test") -> Path:
+        """One row per test clip; ``gate_shut``: a memorizing run's, decoded with its memory shut;
+        ``split``: a further test set's (the benchmark's ``test-<name>``)."""
+        if split != "test":
+            return self.evaluation(run, seed) / f"predictions_{split}.json"
         return self.evaluation(run, seed) / ("predictions_gate_shut.json" if gate_shut else "predictions.json")
 
     @property
@@ -258,6 +261,7 @@ class Layout:
     summary = METRICS / "summary.json"
     run_summary = METRICS / "run.json"
     hypotheses = METRICS / "hypotheses.json"
+    lengths = METRICS / "lengths.json"
 
     @staticmethod
     def finetune_logs(run: str, seed: int) -> Path:

@@ -7,7 +7,9 @@ count, prediction, reference), ``dense_captions.json`` (the dense-captioning eva
 and the caption metrics to ``metrics/runs/<run>-<seed>.json``; then exports the run to share
 (``<root>/captioners/<run>-<seed>/``, :mod:`clipmemcap.evaluation.export`). A memorizing run is also decoded
 with its memory shut (``evaluate.gate_shut``: every kNN gate at 0, local attention only, the same
-weights): ``predictions_gate_shut.json`` and the metrics' ``gate_shut`` entry. The report lists it
+weights): ``predictions_gate_shut.json`` and the metrics' ``gate_shut`` entry. Each further test
+set of the benchmark (``benchmark.test_lengths``: clips of other lengths) is captioned too:
+``predictions_test-<name>.json``, scored by the report. The report lists it
 as the run ``<run>-gate-shut``: what the run's weights recognise without retrieval. On the
 benchmark, a memorizing run's metrics also say what its memory read
 (:mod:`clipmemcap.model.memory.diagnostics`: ``retrieval_recall``, ``retrieval_base_rate``, ...).
@@ -37,7 +39,7 @@ from clipmemcap.evaluation.export import export_captioner
 from clipmemcap.evaluation.metrics import caption_metrics, dense_captioning_results
 from clipmemcap.model.beam import beam_search, captions
 from clipmemcap.model.captioner import load_caption_model, stop_ids
-from clipmemcap.model.mappers import memory_shut
+from clipmemcap.model.mappers import memory_shut, step_by_step
 from clipmemcap.model.memory.diagnostics import ReadTotals, recording
 from clipmemcap.training.datasets import ActivityNetClips, EventClips, OracleClips, collate, reference_rows
 from clipmemcap.training.stages import run_clips
@@ -114,6 +116,11 @@ def evaluate(cfg: Config, run: str, seed: int) -> dict:
             shut = predict(cfg, model, tokenizer, clips)
         write_json(layout.predictions(run, seed, gate_shut=True), shut)
         metrics["gate_shut"] = score(shut)
+    # The further test sets: clips of other lengths (slot accuracy: the report), chunk after chunk, so
+    # that minutes-long clips cost time and memory linear in their length.
+    with step_by_step(model.mapper):
+        for split in cfg.benchmark.test_sets():
+            write_json(layout.predictions(run, seed, split=split), predict(cfg, model, tokenizer, run_clips(cfg, run, split)))
     write_json(layout.run_metrics(run, seed), metrics)
     export_captioner(cfg, run, seed, metrics)
     return metrics

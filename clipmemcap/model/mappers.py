@@ -188,6 +188,7 @@ class MemorizingMapper(VideoTransformer):
         self.whole, self.steps = MEMORIES[cfg.memory]()
         self.records: list | None = None
         self.memory_is_shut = False
+        self.stepwise = False  # step_by_step
 
     def new_memories(self, batch: int) -> dict:
         """An empty memory for each memory layer, for :meth:`step` (which records no reads)."""
@@ -208,7 +209,7 @@ class MemorizingMapper(VideoTransformer):
         index = index.clamp(min=0, max=T - 1).flatten(1)
         frames = (_gather(frames, index) * mask.flatten(1)[..., None]).view(B, S, W, D)
         times = _gather(times, index).view(B, S, W) * mask
-        if self.cfg.memory_backend != "torch":
+        if self.cfg.memory_backend != "torch" or self.stepwise:
             memories = self.new_memories(B)
             for step in range(S):
                 prefix = self.step(memories, frames[:, step], times[:, step], mask[:, step])
@@ -261,6 +262,23 @@ def memory_shut(mapper: nn.Module) -> Iterator[nn.Module]:
         yield mapper
     finally:
         mapper.memory_is_shut = False
+
+
+@contextlib.contextmanager
+def step_by_step(mapper: nn.Module) -> Iterator[nn.Module]:
+    """The mapper running a memorizing clip chunk after chunk (the ``steps`` view, as a stream
+    does: the same prefix), for as long as the block runs: exact search over every chunk at once
+    grows with the square of the clip's length, chunk after chunk linearly (long test clips). No
+    change for other mappers, nor for the oracle read (it needs each frame's event: whole clips);
+    the steps view records no reads."""
+    if mapper.cfg.kind != "memorizing" or mapper.cfg.retrieval == "oracle":
+        yield mapper
+        return
+    mapper.stepwise = True
+    try:
+        yield mapper
+    finally:
+        mapper.stepwise = False
 
 
 def build_mapper(cfg: MapperConfig) -> nn.Module:

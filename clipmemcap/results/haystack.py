@@ -18,7 +18,7 @@ import numpy as np
 
 from clipmemcap.core.config import Config
 from clipmemcap.results.slots import event_hits
-from clipmemcap.sources.benchmark import plan
+from clipmemcap.sources.benchmark import planned_clips
 
 PLACES = 5  # bins of an event's start / the clip's length
 
@@ -26,7 +26,7 @@ PLACES = 5  # bins of an event's start / the clip's length
 def haystack(cfg: Config, predictions: dict[str, list[list[dict]]],
              length_bins: list[tuple[str, float, float]]) -> dict[str, np.ndarray]:
     """Per run: [hits, events] counts, shaped [2, length bins, PLACES], over seeds and long clips."""
-    videos = plan(cfg.benchmark, cfg.activitynet.subset)["val_1.json"]
+    clips = planned_clips(cfg.benchmark, cfg.activitynet.subset)
     out = {}
     for run, per_seed in predictions.items():
         counts = np.zeros((2, len(length_bins), PLACES))
@@ -36,7 +36,7 @@ def haystack(cfg: Config, predictions: dict[str, list[list[dict]]],
                 column = next((i for i, (_, low, high) in enumerate(length_bins) if low < length <= high), None)
                 if column is None:
                     continue
-                for start, hit in zip(videos[row["video_id"]].clips[row["segment"]].starts, hits):
+                for start, hit in zip(clips[row["video_id"], row["segment"]].starts, hits):
                     place = min(PLACES - 1, int(PLACES * start / length))
                     counts[:, column, place] += (hit, 1)
         out[run] = counts

@@ -58,3 +58,18 @@ def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, draws: int = DRAWS)
 
     top, bottom = drawn(numerator), drawn(denominator)
     return _interval(top / np.maximum(bottom, 1e-9))
+
+
+def shift_ci(a: np.ndarray, b: np.ndarray, draws: int = DRAWS) -> list[float]:
+    """95 % interval of mean(a) - mean(b): one run's scores on two sets of other clips (another
+    length), so the seeds are resampled together and each set's clips on their own."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError("a shift of one run's scores needs the same seeds on both clip sets")
+    rng = np.random.default_rng(SEED)
+    seeds = rng.integers(0, a.shape[0], (draws, a.shape[0]))
+
+    def drawn(table):
+        per_seed = table[:, rng.integers(0, table.shape[1], (draws, table.shape[1]))].mean(-1)  # [seeds, draws]
+        return np.take_along_axis(per_seed.T, seeds, 1).mean(1)
+
+    return _interval(drawn(a) - drawn(b))

@@ -26,7 +26,10 @@ Reads ``metrics/runs/<run>-<seed>.json`` and the predictions of each run and see
                                        else the caption metrics per run
     reports/results/learning_curves.png  every run's and seed's validation loss after each epoch
                                        (with the epochs run and the best one in results.md)
-    reports/results/haystack.{png,csv}  long-clip accuracy by clip length x the event's place (haystack.py)
+    reports/results/haystack.{png,csv}  long-clip accuracy by clip length x the event's place (haystack.py),
+                                       a column for each further test set of other lengths
+    metrics/lengths.json, reports/results/lengths.{csv,png}  every run at every clip length
+                                       (the benchmark's further test sets: lengths.py)
 
 Short clips (at most ``benchmark.short_s[1]`` seconds) are the control set; every longer clip
 counts as long.
@@ -50,8 +53,9 @@ from clipmemcap.core.layout import Layout, gate_shut_run, run_name  # noqa: E402
 from clipmemcap.results.ceilings import ceilings  # noqa: E402
 from clipmemcap.results.haystack import haystack, write_haystack  # noqa: E402
 from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci  # noqa: E402
-from clipmemcap.results.slots import clip_scores as slot_clip_scores  # noqa: E402
-from clipmemcap.results.slots import set_scores  # noqa: E402
+from clipmemcap.results.lengths import (length_verdicts, lengths_markdown, scores_by_length,  # noqa: E402
+                                        summarise_lengths, write_lengths)
+from clipmemcap.results.scores import Scores  # noqa: E402
 
 TABLE_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d")
 
@@ -65,50 +69,6 @@ def _length_bins(cfg: Config) -> list[tuple[str, float, float]]:
         edges.append(min(top, edges[-1] + cfg.report.length_bin_s))
     long = [(f"{a:g}–{b:g} s", short_top if i == 0 else a, b) for i, (a, b) in enumerate(zip(edges, edges[1:]))]
     return [(f"≤{short_top:g} s (control)", 0.0, short_top), *long]
-
-
-class Scores:
-    """Per-clip slot scores (``tables``) and order-free set scores (``sets``) of every run,
-    ``[seeds, clips]``, on one list of test clips; ``predictions``: the rows, sorted alike."""
-
-    def __init__(self, cfg: Config, predictions: dict[str, list[list[dict]]]):
-        self.tables, self.sets, self.predictions, self.rows, first = {}, {}, {}, None, None  # rows: the clips
-        for run, per_seed in predictions.items():
-            rows = [sorted(seed_rows, key=lambda r: (r["video_id"], r["segment"])) for seed_rows in per_seed]
-            for seed_rows in rows:
-                if self.rows is None:
-                    self.rows, first = seed_rows, run
-                elif [(r["video_id"], r["segment"]) for r in seed_rows] != [(r["video_id"], r["segment"]) for r in self.rows]:
-                    raise ValueError(f"{run} was evaluated on other test clips than {first}: paired comparisons "
-                                     "need the same test set (run its evaluate stages again)")
-            pairs = [[(r["prediction"], r["reference"]) for r in seed_rows] for seed_rows in rows]
-            self.tables[run] = np.stack([slot_clip_scores(p, cfg.benchmark) for p in pairs])
-            self.sets[run] = np.stack([set_scores(p, cfg.benchmark) for p in pairs])
-            self.predictions[run] = rows
-        self.lengths = np.array([r["end"] - r["start"] for r in self.rows])
-        self.short = self.lengths <= cfg.benchmark.short_s[1]
-
-    def long(self, run: str) -> np.ndarray:
-        return self.tables[run][:, ~self.short]
-
-    def control(self, run: str) -> np.ndarray:
-        return self.tables[run][:, self.short]
-
-    def on(self, clips: str, run: str) -> np.ndarray:
-        """``clips``: long | control."""
-        return self.long(run) if clips == "long" else self.control(run)
-
-    def errors(self, run: str) -> dict[str, list[float]]:
-        """Per seed, on long clips: set accuracy (both clip sets), the share of clips with an
-        identity error (an event not named) and with an order swap (every event named, out of order)."""
-        sets, slots = self.sets[run], self.tables[run]
-        long = ~self.short
-        return {"set_accuracy_long": sets[:, long].mean(1).tolist(), "set_accuracy_short": sets[:, self.short].mean(1).tolist(),
-                "identity_error_rate_long": (sets[:, long] < 1).mean(1).tolist(),
-                "order_swap_rate_long": ((sets[:, long] == 1) & (slots[:, long] < 1)).mean(1).tolist()}
-
-    def in_bin(self, run: str, low: float, high: float) -> np.ndarray:
-        return self.tables[run][:, (low < self.lengths) & (self.lengths <= high)]
 
 
 def collect(cfg: Config) -> tuple[dict[str, dict[str, list[float]]], Scores | None]:
@@ -415,13 +375,25 @@ def report(cfg: Config) -> dict:
         verdicts = hypotheses(cfg, summary, scores)
         text += _hypotheses_table(verdicts) + _diagnostics_table(summary, cfg.report.references)
         bins = _bins(cfg, scores)
+        by_length = scores_by_length(cfg, scores)
+        lengths, length_hypotheses = summarise_lengths(cfg, by_length), length_verdicts(cfg, by_length)
+        verdicts |= length_hypotheses
+        text += lengths_markdown(lengths, length_hypotheses, cfg.report.length_reference)
         long_bins = _length_bins(cfg)[1:]
-        write_haystack(out_dir, haystack(cfg, scores.predictions, long_bins), long_bins)
+        counts = haystack(cfg, scores.predictions, long_bins)
+        for label, further in list(by_length.items())[1:]:  # each further test set: one column of its own
+            extra = haystack(cfg, further.predictions, [(label, 0.0, float("inf"))])
+            counts = {run: np.concatenate([c, extra.get(run, np.zeros((2, 1, c.shape[2])))], 1) for run, c in counts.items()}
+            long_bins = [*long_bins, (label, 0.0, float("inf"))]
+        write_haystack(out_dir, counts, long_bins)
     else:  # a DVC metric is always written: the real experiment says why it has no verdicts
+        lengths = {}
         write_haystack(out_dir, {}, [])
         verdicts = {name: {"verdict": "not run", "why": "report.slot_accuracy is false: the hypotheses are about "
                                                         "the benchmark's slot accuracy"} for name in HYPOTHESES}
     write_json(Layout.hypotheses, verdicts)
+    write_json(Layout.lengths, lengths)
+    write_lengths(out_dir, lengths, cfg.report.length_reference)
     curves = learning_curves(cfg)
     if curves:
         text += _training_table(curves)

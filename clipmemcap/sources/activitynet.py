@@ -86,24 +86,26 @@ def download_annotations(url: str, dest: Path, timeout_s: float = 60.0, deadline
     return dest
 
 
-def read_zip(path: Path, max_mb: float = math.inf) -> dict[str, bytes]:
-    """The three annotation files from the zip, found by base name (the zip may nest them); a
-    member larger than ``max_mb`` uncompressed is refused before it is read."""
+def read_zip(path: Path, max_mb: float = math.inf, further: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """The three annotation files and the ``further`` ones (the benchmark's further test sets)
+    from the zip, found by base name (the zip may nest them); a member larger than ``max_mb``
+    uncompressed is refused before it is read."""
+    wanted = (*ANNOTATION_FILES, *further)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
         raise AnnotationError(f"{path}: not a valid zip file ({err})") from err
     with archive:
         members = {PurePosixPath(n).name: n for n in archive.namelist() if not n.endswith("/")}
-        missing = [name for name in ANNOTATION_FILES if name not in members]
+        missing = [name for name in wanted if name not in members]
         if missing:
             raise AnnotationError(f"{path}: missing {', '.join(missing)}")
-        for name in ANNOTATION_FILES:
+        for name in wanted:
             size = archive.getinfo(members[name]).file_size
             if size > max_mb * 1e6:
                 raise AnnotationError(f"{path}: {name} is {size / 1e6:.0f} MB uncompressed, more than "
                                       f"activitynet.max_annotation_mb ({max_mb:g})")
-        return {name: archive.read(members[name]) for name in ANNOTATION_FILES}
+        return {name: archive.read(members[name]) for name in wanted}
 
 
 def _number(value) -> float:
@@ -170,20 +172,22 @@ def normalise_file(name: str, data: dict, fps: float, max_segments: int = 1000,
 
 
 def load_annotations(zip_path: Path, fps: float, max_mb: float = math.inf, max_segments: int = 1000,
-                     max_duration_s: float = math.inf) -> dict[str, AnnotationFile]:
-    """Parse and normalise all three files, within the given bounds. A video listed in both train
-    and val_1 (which would leak test data into training) is removed from both and recorded."""
+                     max_duration_s: float = math.inf, further: tuple[str, ...] = ()) -> dict[str, AnnotationFile]:
+    """Parse and normalise all three files and the ``further`` test files, within the given
+    bounds. A video listed in both train.json and a test file (val_1.json, a further one: which
+    would leak test data into training) is removed from both and recorded."""
     files = {
         name: normalise_file(name, parse_json(name, payload), fps, max_segments, max_duration_s)
-        for name, payload in read_zip(zip_path, max_mb).items()
+        for name, payload in read_zip(zip_path, max_mb, further).items()
     }
-    train, test = files["train.json"], files["val_1.json"]
-    for video_id in sorted(train.videos.keys() & test.videos.keys()):
-        for afile in (train, test):
-            del afile.videos[video_id]
-            afile.failures.append(
-                Failure(video_id, STAGE, f"{afile.name}: listed in both train.json and val_1.json")
-            )
+    train = files["train.json"]
+    for test in (files[name] for name in ("val_1.json", *further)):
+        for video_id in sorted(train.videos.keys() & test.videos.keys()):
+            for afile in (train, test):
+                del afile.videos[video_id]
+                afile.failures.append(
+                    Failure(video_id, STAGE, f"{afile.name}: listed in both train.json and {test.name}")
+                )
     return files
 
 

@@ -130,8 +130,9 @@ def write_video(path: Path, video: BenchmarkVideo, size: int) -> None:
     encode_mp4(path, frames, size, size, video.fps, crf=20, options=("-threads", "1"))
 
 
-# What a video's pictures do not depend on: the pre-training images' count, and whether the DAG builds them.
-_VIDEO_SETTINGS = {"pretrain_images", "build"}
+# What a video's pictures do not depend on: the pre-training images' count, whether the DAG builds
+# them, and the further test sets (whose own ranges go into their videos' ids, through their file).
+_VIDEO_SETTINGS = {"pretrain_images", "build", "test_lengths", "length_test_videos"}
 
 
 def _video_id(cfg: BenchmarkConfig, file: str, index: int) -> str:
@@ -150,30 +151,41 @@ def plan(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[str, dict[str, Benc
 
     The test file is a fixed test set: its own random stream, so the same test videos (same ids,
     same bytes) whatever the training size or any training setting; ``test_videos`` only says how
-    many of them, and a larger test set starts with the smaller one."""
+    many of them, and a larger test set starts with the smaller one. So is each further test set
+    of ``test_lengths`` (``test-<name>.json``: ``length_test_videos`` videos of long clips only,
+    in its length range)."""
     counts = {"train.json": (subset.train_videos + math.ceil(subset.val_fraction * subset.train_videos),
-                             cfg.short_fraction, cfg.seed),
-              "val_1.json": (subset.test_videos, cfg.test_short_fraction, f"{cfg.seed}:val_1.json")}
+                             cfg.short_fraction, cfg.seed, cfg.long_s, "train.json"),
+              "val_1.json": (subset.test_videos, cfg.test_short_fraction, f"{cfg.seed}:val_1.json", cfg.long_s,
+                             "val_1.json")}
+    for split, span in cfg.test_sets().items():
+        file = f"{split}.json"
+        counts[file] = cfg.length_test_videos, 0.0, f"{cfg.seed}:{file}", span, f"{file}:{span[0]:g}-{span[1]:g}"
     files: dict[str, dict[str, BenchmarkVideo]] = {}
-    for name, (count, short_fraction, seed) in counts.items():
+    for name, (count, short_fraction, seed, long_s, stream) in counts.items():
         rng, every = random.Random(seed), round(1 / short_fraction) if short_fraction else 0
         files[name], index = {}, 0
         for number in range(count):
             clips = []
             for _ in range(cfg.clips_per_video):
-                low, high = cfg.short_s if every and index % every == 0 else cfg.long_s
+                low, high = cfg.short_s if every and index % every == 0 else long_s
                 duration = round(rng.uniform(low, high) * cfg.video_fps) / cfg.video_fps
                 clips.append(Clip(rng, duration, cfg))
                 index += 1
-            files[name][_video_id(cfg, name, number)] = BenchmarkVideo(clips, cfg.video_fps)
+            files[name][_video_id(cfg, stream, number)] = BenchmarkVideo(clips, cfg.video_fps)
     return files
+
+
+def planned_clips(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[tuple[str, int], Clip]:
+    """Every clip of every file, by (video id, segment)."""
+    return {(video_id, segment): clip for videos in plan(cfg, subset).values()
+            for video_id, video in videos.items() for segment, clip in enumerate(video.clips)}
 
 
 
 def event_starts(cfg: BenchmarkConfig, subset: SubsetConfig) -> dict[tuple[str, int], list[float]]:
     """Every clip's event start times, seconds from the clip's start, by (video id, segment)."""
-    return {(video_id, segment): list(clip.starts) for videos in plan(cfg, subset).values()
-            for video_id, video in videos.items() for segment, clip in enumerate(video.clips)}
+    return {key: list(clip.starts) for key, clip in planned_clips(cfg, subset).items()}
 
 def write_images(cfg: BenchmarkConfig, out_dir: Path) -> None:
     """The pre-training set, in COCO's Karpathy format: still frames that each show one event
@@ -196,7 +208,7 @@ def write_images(cfg: BenchmarkConfig, out_dir: Path) -> None:
 
 def write_sources(cfg: BenchmarkConfig, subset: SubsetConfig, paths: BenchmarkPaths, workers: int = 2) -> dict:
     """Write the benchmark's sources: ``videos/<id>.mp4`` and ``captions.zip`` (ActivityNet
-    format; a segment per clip), ``images/`` with ``caption_datasets.zip`` (COCO format, for
+    format; a segment per clip; the further test sets as ``test-<name>.json``), ``images/`` with ``caption_datasets.zip`` (COCO format, for
     pre-training) and ``source.json`` (a summary). Videos already there with the same settings
     (hence the same id) are kept."""
     files = plan(cfg, subset)

@@ -62,12 +62,16 @@ class Stream:
         return {s: q - len(self.chosen[s]) for s, q in self.quotas.items() if q > len(self.chosen[s])}
 
 
-def plan_streams(train: dict[str, Video], test: dict[str, Video], cfg: SubsetConfig) -> list[Stream]:
-    """train + val (disjoint, both from train.json) and test (from val_1.json)."""
+def plan_streams(train: dict[str, Video], test: dict[str, Video], cfg: SubsetConfig,
+                 further: dict[str, dict[str, Video]] | None = None) -> list[Stream]:
+    """train + val (disjoint, both from train.json) and test (from val_1.json); and each further
+    test set whole (``further``: split -> the videos of its file)."""
     val_videos = math.ceil(cfg.val_fraction * cfg.train_videos)
     return [
         Stream(seeded_order(train, f"{cfg.seed}:train.json"), {"train": cfg.train_videos, "val": val_videos}),
         Stream(seeded_order(test, f"{cfg.seed}:val_1.json"), {"test": cfg.test_videos}),
+        *(Stream(seeded_order(videos, f"{cfg.seed}:{split}.json"), {split: len(videos)})
+          for split, videos in (further or {}).items()),
     ]
 
 

@@ -90,7 +90,7 @@ def remember(slots: Slots, keys, values, mask, events, capacity: int, mechanism:
     if grown.counts.shape[1] <= capacity:
         return grown
     if mechanism == "reservoir":
-        priority = _hash(grown.numbers).masked_fill(~grown.held, torch.iinfo(torch.long).max)
+        priority = frame_priority(grown.numbers).masked_fill(~grown.held, torch.iinfo(torch.long).max)
         return grown.take(priority.topk(capacity, 1, largest=False).indices.sort(1).values)
     if mechanism == "merge":
         return _merge(grown, capacity)
@@ -107,7 +107,7 @@ def write_chunk(slots: Slots, keys, values, mask, events, cfg: MapperConfig, lea
     return remember(slots, keys, values, mask, events, cfg.memory_capacity, cfg.memory)
 
 
-def _hash(x: torch.Tensor) -> torch.Tensor:
+def frame_priority(x: torch.Tensor) -> torch.Tensor:
     """A fixed pseudo-random 32-bit integer per frame number (a 32-bit integer mix)."""
     x = x + 1
     for _ in range(2):
