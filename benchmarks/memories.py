@@ -2,8 +2,9 @@
 
     python benchmarks/memories.py [--steps 10] [--minutes 10] [--threads 2]
 
-Each slot memory with 64 slots read densely, beside the kNN memory as the study runs it (4,096
-entries, top-k 32), a FIFO of 64 (the kNN memory with 64 entries, read densely) and uniform-64:
+Every run of presets/lengths.yaml that sees every frame, built as its finetune stage builds it:
+each memory of 64 slots with the combined read path, the kNN memory (4,096 entries) with today's
+and the combined read path, uniform-64 and all-frames:
 
 - train: best ms of a training step at batch 16 on clips of 20-60 s (benchmarks/training_loop.py);
 - stream: ms per frame of one ``--minutes``-long clip streamed through the mapper in blocks of
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from clipmemcap.core.config import load_config, read_settings
 from clipmemcap.model.mappers import MapperConfig, build_mapper
 from clipmemcap.model.prefix_lm import caption_vocabulary, load_tokenizer
 
@@ -27,17 +29,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import print_table  # noqa: E402
 from training_loop import TOKENIZER_DIR, benchmark_batch, step_ms  # noqa: E402
 
-SIZES = dict(clip_dim=64, embed_dim=64, layers=2, heads=4, prefix_length=4, window=16)
-DENSE_64 = dict(memory_capacity=64, retrieval="dense")
-MEMORIES = {
-    "knn (4,096, top-k)": dict(),
-    "fifo (knn, 64, dense)": dict(DENSE_64),
-    "reservoir": dict(DENSE_64, memory="reservoir"),
-    "merge": dict(DENSE_64, memory="merge"),
-    "kmeans": dict(DENSE_64, memory="kmeans"),
-    "recurrent tokens": dict(DENSE_64, memory="recurrent", differentiable=True),
-    "uniform-64": dict(kind="temporal", frame_policy="uniform", window=64),
-}
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = dict(clip_dim=64, embed_dim=64)  # the tiny CLIP's and GPT-2's widths; the rest: params.yaml + the preset
+PRESET = ROOT / "presets" / "lengths.yaml"
+
+
+def preset_mappers() -> dict[str, MapperConfig]:
+    """The mapper of every run of presets/lengths.yaml that sees every frame (not the oracle),
+    with params.yaml's finetune.mapper_overrides, as its finetune stage builds it."""
+    shared = load_config(ROOT / "params.yaml").finetune.mapper_overrides
+    runs = read_settings(PRESET, "preset")["finetune"]["runs"]
+    return {name: MapperConfig.load(run["mapper"], **{**SIZES, **shared, **run.get("mapper_overrides", {})})
+            for name, run in runs.items() if run.get("frames", "all") == "all"}
 
 
 def held_bytes(obj, depth: int = 3) -> int:
@@ -83,8 +86,7 @@ def main() -> None:
     vocabulary = caption_vocabulary(tokenizer, captions, [13])
     frames = int(args.minutes * 60 * 5)
     rows = []
-    for name, overrides in MEMORIES.items():
-        cfg = MapperConfig.load("video-memorizing", **{**SIZES, **overrides})
+    for name, cfg in preset_mappers().items():
         ms_frame, held = stream_cost(cfg, frames)
         rows.append({"memory": name, "train": step_ms(cfg, batch, vocabulary, args.steps), "stream": ms_frame,
                      "kib": held / 1024})
@@ -92,7 +94,7 @@ def main() -> None:
     print_table(rows, [("memory", "memory", "s"), ("train", "train ms/step", ".1f"), ("stream", "stream ms/frame", ".3f"),
                        ("kib", "memory KiB/clip", ".1f")],
                 f"batch 16 (clips of 20-60 s) for train; one {args.minutes:g}-minute clip ({frames} frames) streamed; "
-                f"{args.threads} CPU threads, the benchmark's sizes (width 64, 4 heads, window 16)")
+                f"{args.threads} CPU threads, presets/lengths.yaml's mappers at the benchmark's sizes")
 
 
 if __name__ == "__main__":
