@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci
+from clipmemcap.results.paired import difference_ci, mean_ci, ratio_ci, shift_ci
 
 
 def test_identical_and_opposite_runs_give_degenerate_intervals():
@@ -52,3 +52,14 @@ def test_intervals_are_reproducible_and_the_ratio_follows_its_parts():
     assert low < long.mean() / control.mean() < high and high - low < 0.15
     with pytest.raises(ValueError, match="same clips"):
         difference_ci(long, control[:, :10])
+
+
+def test_a_shift_compares_one_runs_scores_on_two_clip_sets_of_any_size():
+    """One run at two clip lengths: 0.8 on 300 clips, 0.5 on 100 other clips (and 5 seeds)."""
+    rng = np.random.default_rng(4)
+    short, long = (rng.random((5, 300)) < 0.8).astype(float), (rng.random((5, 100)) < 0.5).astype(float)
+    low, high = shift_ci(long, short)
+    assert low < long.mean() - short.mean() < high < 0 and high - low < 0.25
+    assert shift_ci(long, short) == [low, high]
+    with pytest.raises(ValueError, match="same seeds: 5 vs 3"):
+        shift_ci(long, short[:3])

@@ -133,6 +133,7 @@ def test_without_slots_the_report_plots_the_caption_metrics(cfg):
     assert sorted(verdicts) == ["H1", "H2", "H3", "H4"] and {v["verdict"] for v in verdicts.values()} == {"not run"}
     assert (Layout.results / "haystack.csv").read_text().strip() == "run,length_bin,event_place,accuracy,events"
     assert (Layout.results / "haystack.png").read_bytes()[:4] == b"\x89PNG"
+    assert (Layout.results / "lengths.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_memorizing_run_decoded_with_its_memory_shut_is_a_run_of_its_own(cfg, monkeypatch):

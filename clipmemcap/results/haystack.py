@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from clipmemcap.core.config import Config
+from clipmemcap.results.placeholder import write_placeholder
 from clipmemcap.results.slots import event_hits
 from clipmemcap.sources.benchmark import planned_clips
 
@@ -54,13 +55,8 @@ def write_haystack(folder: Path, counts: dict[str, np.ndarray], length_bins: lis
                 for j, place in enumerate(places):
                     accuracy = hits[i, j] / events[i, j] if events[i, j] else float("nan")
                     writer.writerow([run, label, place, f"{accuracy:.4f}", int(events[i, j])])
-    if not counts:  # DVC wants every output: the real experiment says why it has no picture
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.text(0.5, 0.5, "no haystack: it needs the benchmark's event places (report.slot_accuracy)", ha="center",
-                va="center")
-        ax.axis("off")
-        fig.savefig(folder / "haystack.png", dpi=110)
-        plt.close(fig)
+    if not counts:
+        write_placeholder(folder / "haystack.png", "no haystack: it needs the benchmark's event places (report.slot_accuracy)")
         return
     columns = min(4, len(counts))
     rows = math.ceil(len(counts) / columns)

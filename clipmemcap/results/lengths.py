@@ -32,6 +32,7 @@ from clipmemcap.core.config import Config
 from clipmemcap.core.layout import Layout, run_name
 from clipmemcap.results.ceilings import ceilings
 from clipmemcap.results.paired import difference_ci, mean_ci, shift_ci
+from clipmemcap.results.placeholder import write_placeholder
 from clipmemcap.results.scores import Scores
 
 
@@ -160,14 +161,10 @@ def write_lengths(folder: Path, lengths: dict[str, dict[str, dict]], reference: 
                 writer.writerow([run, label, *v["seconds"], v["clips"], f"{v['slot_accuracy_long']:.4f}",
                                  f"{v['slot_accuracy_long_std']:.4f}", *(f"{x:.4f}" for x in v["slot_accuracy_long_ci95"]),
                                  f"{v['set_accuracy_long']:.4f}", f"{v['ceiling']:.4f}", *margin])
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    if not lengths:  # DVC wants every output: the real experiment says why it has no picture
-        ax.text(0.5, 0.5, "no lengths: they need the benchmark's slot accuracy (report.slot_accuracy)", ha="center",
-                va="center")
-        ax.axis("off")
-        fig.savefig(folder / "lengths.png", dpi=110)
-        plt.close(fig)
+    if not lengths:
+        write_placeholder(folder / "lengths.png", "no lengths: they need the benchmark's slot accuracy (report.slot_accuracy)")
         return
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, (run, per_length) in enumerate(lengths.items()):
         if not per_length:
             continue

@@ -43,28 +43,11 @@ def difference_ci(a: np.ndarray, b: np.ndarray, draws: int = DRAWS) -> list[floa
     return _interval(_mean_draws(a, clips, rng) - _mean_draws(b, clips, rng))
 
 
-def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, draws: int = DRAWS) -> list[float]:
-    """95 % interval of mean(numerator) / mean(denominator): one run's scores on two clip sets
-    (its long and its control clips), so the seeds are resampled together and each set's clips
-    on their own."""
-    if numerator.shape[0] != denominator.shape[0]:
-        raise ValueError("a ratio of one run's scores needs the same seeds on both clip sets")
-    rng = np.random.default_rng(SEED)
-    seeds = rng.integers(0, numerator.shape[0], (draws, numerator.shape[0]))
-
-    def drawn(table):
-        per_seed = table[:, rng.integers(0, table.shape[1], (draws, table.shape[1]))].mean(-1)  # [seeds, draws]
-        return np.take_along_axis(per_seed.T, seeds, 1).mean(1)
-
-    top, bottom = drawn(numerator), drawn(denominator)
-    return _interval(top / np.maximum(bottom, 1e-9))
-
-
-def shift_ci(a: np.ndarray, b: np.ndarray, draws: int = DRAWS) -> list[float]:
-    """95 % interval of mean(a) - mean(b): one run's scores on two sets of other clips (another
-    length), so the seeds are resampled together and each set's clips on their own."""
+def _apart_draws(a: np.ndarray, b: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """One run's scores on two sets of different clips ([seeds, clips_a], [seeds, clips_b]) -> the
+    drawn means of each [draws]: the seeds resampled together, each set's clips on their own."""
     if a.shape[0] != b.shape[0]:
-        raise ValueError("a shift of one run's scores needs the same seeds on both clip sets")
+        raise ValueError(f"one run's scores on two clip sets need the same seeds: {a.shape[0]} vs {b.shape[0]}")
     rng = np.random.default_rng(SEED)
     seeds = rng.integers(0, a.shape[0], (draws, a.shape[0]))
 
@@ -72,4 +55,16 @@ def shift_ci(a: np.ndarray, b: np.ndarray, draws: int = DRAWS) -> list[float]:
         per_seed = table[:, rng.integers(0, table.shape[1], (draws, table.shape[1]))].mean(-1)  # [seeds, draws]
         return np.take_along_axis(per_seed.T, seeds, 1).mean(1)
 
-    return _interval(drawn(a) - drawn(b))
+    return drawn(a), drawn(b)
+
+
+def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, draws: int = DRAWS) -> list[float]:
+    """95 % interval of mean(numerator) / mean(denominator): one run's long and control clips."""
+    top, bottom = _apart_draws(numerator, denominator, draws)
+    return _interval(top / np.maximum(bottom, 1e-9))
+
+
+def shift_ci(a: np.ndarray, b: np.ndarray, draws: int = DRAWS) -> list[float]:
+    """95 % interval of mean(a) - mean(b): one run's scores at two clip lengths."""
+    drawn_a, drawn_b = _apart_draws(a, b, draws)
+    return _interval(drawn_a - drawn_b)
