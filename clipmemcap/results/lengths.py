@@ -14,7 +14,8 @@ Writes
                                        interval of the run minus ``report.length_reference``
                                        (``margin_vs_uniform64_ci95``: the dash dropped)
     reports/results/lengths.csv        the same, one row per run and length
-    reports/results/lengths.png        accuracy against clip length, bands and ceilings drawn in
+    reports/results/lengths.png        accuracy against clip length, a panel a run: its 95 % band,
+                                       its ceiling and the reference run drawn in
 
 and the verdicts of ``report.length_hypotheses`` (pre-registered: reports/protocol.md).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -161,26 +163,38 @@ def write_lengths(folder: Path, lengths: dict[str, dict[str, dict]], reference: 
                 writer.writerow([run, label, *v["seconds"], v["clips"], f"{v['slot_accuracy_long']:.4f}",
                                  f"{v['slot_accuracy_long_std']:.4f}", *(f"{x:.4f}" for x in v["slot_accuracy_long_ci95"]),
                                  f"{v['set_accuracy_long']:.4f}", f"{v['ceiling']:.4f}", *margin])
-    if not lengths:
+    runs = {run: dict(sorted(per_length.items(), key=lambda item: item[1]["seconds"]))
+            for run, per_length in lengths.items() if per_length}
+    if not runs:
         write_placeholder(folder / "lengths.png", "no lengths: they need the benchmark's slot accuracy (report.slot_accuracy)")
         return
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for i, (run, per_length) in enumerate(lengths.items()):
-        if not per_length:
-            continue
+    # one panel a run, the reference drawn in each: eleven runs' bands on one axis are unreadable
+    columns = min(4, len(runs))
+    rows = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, (run, per_length) in zip(axes.flat, runs.items()):
         x = [float(np.mean(v["seconds"])) for v in per_length.values()]
-        colour = f"C{i % 10}"
-        ax.plot(x, [v["slot_accuracy_long"] for v in per_length.values()], marker="o", color=colour, label=run)
+        if reference in runs and run != reference:
+            ax.plot([float(np.mean(v["seconds"])) for v in runs[reference].values()],
+                    [v["slot_accuracy_long"] for v in runs[reference].values()], color="0.55", linestyle="--",
+                    label=reference)
+        ax.plot(x, [v["slot_accuracy_long"] for v in per_length.values()], marker="o", color="C0", label="accuracy")
         ax.fill_between(x, [v["slot_accuracy_long_ci95"][0] for v in per_length.values()],
-                        [v["slot_accuracy_long_ci95"][1] for v in per_length.values()], color=colour, alpha=0.12)
-        ax.plot(x, [v["ceiling"] for v in per_length.values()], linestyle=":", color=colour, alpha=0.8)
-    ax.set_xscale("log")
-    labels = next((per_length for per_length in lengths.values() if per_length), {})
-    ax.set_xticks([float(np.mean(v["seconds"])) for v in labels.values()], list(labels), minor=False)
-    ax.set(xlabel="clip length (test set)", ylabel="long-clip slot accuracy (band: 95 %; dotted: ceiling)",
-           ylim=(0, 1.02), title="Accuracy against clip length, every run trained on 20-60 s clips")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+                        [v["slot_accuracy_long_ci95"][1] for v in per_length.values()], color="C0", alpha=0.2,
+                        label="95 % interval")
+        ax.plot(x, [v["ceiling"] for v in per_length.values()], color="C3", linestyle=":", label="ceiling")
+        ax.set_xscale("log")
+        ax.set_xticks(x, list(per_length), fontsize=7, rotation=30)
+        ax.minorticks_off()
+        ax.set(ylim=(0, 1.02), title=run)
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda h: len(h[0]))
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    fig.supylabel("long-clip slot accuracy", fontsize=9)
+    fig.suptitle("Accuracy against clip length (test set), every run trained on 20-60 s clips", fontsize=10)
     fig.savefig(folder / "lengths.png", dpi=120)
     plt.close(fig)
