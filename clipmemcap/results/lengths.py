@@ -179,12 +179,15 @@ def write_lengths(folder: Path, lengths: dict[str, dict[str, dict]], reference: 
             ax.plot([float(np.mean(v["seconds"])) for v in runs[reference].values()],
                     [v["slot_accuracy_long"] for v in runs[reference].values()], color="0.55", linestyle="--",
                     label=reference)
-        ax.plot(x, [v["slot_accuracy_long"] for v in per_length.values()], marker="o", color="C0", label="accuracy")
-        ax.fill_between(x, [v["slot_accuracy_long_ci95"][0] for v in per_length.values()],
-                        [v["slot_accuracy_long_ci95"][1] for v in per_length.values()], color="C0", alpha=0.2,
-                        label="95 % interval")
-        ax.plot(x, [v["ceiling"] for v in per_length.values()], color="C3", linestyle=":", label="ceiling")
-        ax.set_xscale("log")
+        y = np.array([v["slot_accuracy_long"] for v in per_length.values()])
+        low, high = np.array([v["slot_accuracy_long_ci95"] for v in per_length.values()]).T
+        # bars as well as the band: a run at one length (the default repro) has no band to draw
+        ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=2, color="C0", label="accuracy, 95 % interval")
+        ax.fill_between(x, low, high, color="C0", alpha=0.2)
+        ax.plot(x, [v["ceiling"] for v in per_length.values()], color="C3", linestyle=":", marker="_", markersize=12,
+                label="ceiling")
+        if len(x) > 1:  # lengths from 20 s to 10 min; one point has no scale to speak of
+            ax.set_xscale("log")
         ax.set_xticks(x, list(per_length), fontsize=7, rotation=30)
         ax.minorticks_off()
         ax.set(ylim=(0, 1.02), title=run)
